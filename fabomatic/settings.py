@@ -1,0 +1,238 @@
+"""Fab-O-Matic settings, read from the environment (and an optional ``.env``).
+
+Every setting that an operator may change is documented in README.md and .env.example.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import environ
+from django.utils.translation import gettext_lazy as _
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("FABOMATIC_DATA_DIR", BASE_DIR / "var"))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+env = environ.FileAwareEnv(
+    DEBUG=(bool, False),
+    ALLOWED_HOSTS=(list, ["*"]),
+    TIME_ZONE=(str, "Europe/Rome"),
+    LANGUAGE_CODE=(str, "en"),
+    MQTT_BROKER_URL=(str, "mqtt://127.0.0.1:1883"),
+    MQTT_TOPIC=(str, "machine"),
+    MQTT_CLIENT_ID=(str, ""),
+    MQTT_SHARED_SUBSCRIPTION=(bool, False),
+    MQTT_TLS_CA=(str, ""),
+    REDIS_URL=(str, ""),
+    EMAIL_URL=(str, "consolemail://"),
+    DEFAULT_FROM_EMAIL=(str, "fabomatic@localhost"),
+    DEFAULT_ADMIN_EMAIL=(str, "admin@fablab.local"),
+    ONLINE_SECONDS=(int, 90),
+    ORPHAN_SECONDS=(int, 3600),
+    RETENTION_DAYS=(int, 365),
+    UNKNOWN_CARD_RETENTION_DAYS=(int, 30),
+    LOG_LEVEL=(str, "INFO"),
+    SECURE_SSL=(bool, True),
+    CSRF_TRUSTED_ORIGINS=(list, []),
+)
+ENV_FILE = Path(os.environ.get("FABOMATIC_ENV_FILE", BASE_DIR / ".env"))
+if ENV_FILE.is_file():
+    env.read_env(str(ENV_FILE))
+
+# No production default: `make run` generates one into .env on first run.
+SECRET_KEY = env("SECRET_KEY")
+DEBUG = env("DEBUG")
+ALLOWED_HOSTS = env("ALLOWED_HOSTS")
+CSRF_TRUSTED_ORIGINS = env("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "channels",
+    "import_export",
+    "axes",
+    "members",
+    "machines",
+    "telemetry",
+    "fabomatic",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # django-axes wants to be last.
+    "axes.middleware.AxesMiddleware",
+]
+
+ROOT_URLCONF = "fabomatic.urls"
+WSGI_APPLICATION = "fabomatic.wsgi.application"
+ASGI_APPLICATION = "fabomatic.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "fabomatic" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.i18n",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'fabomatic.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The bridge and the portal write concurrently: WAL lets readers run beside the writer,
+    # the busy timeout makes a writer wait instead of failing with "database is locked", and
+    # IMMEDIATE transactions take the write lock up front so no deadlock-upgrade can happen.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": (
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; "
+                "PRAGMA busy_timeout=20000; PRAGMA cache_size=-20000;"
+            ),
+        }
+    )
+    # Tests that run the bridge or daphne as a subprocess need the test database in a file.
+    DATABASES["default"].setdefault("TEST", {"NAME": str(DATA_DIR / "test-fabomatic.sqlite3")})
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Authentication -------------------------------------------------------------------------
+AUTH_USER_MODEL = "members.Member"
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "admin:index"
+PASSWORD_RESET_TIMEOUT = 1800  # 30 minutes, as the old backend promised.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_FORM_FIELD = "username"
+
+# --- Internationalisation -------------------------------------------------------------------
+LANGUAGE_CODE = env("LANGUAGE_CODE")
+LANGUAGES = [("en", _("English")), ("it", _("Italian"))]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = env("TIME_ZONE")
+USE_I18N = True
+USE_TZ = True
+
+# --- Static files ---------------------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+# --- Channels -------------------------------------------------------------------------------
+REDIS_URL = env("REDIS_URL")
+if REDIS_URL:
+    # The pub/sub layer keeps one connection per process whatever the number of sockets;
+    # the classic RedisChannelLayer pools one per group operation and ran out at ~200 dashboards.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("CHANNELS_PREFIX", default="fabomatic")},
+        }
+    }
+else:
+    # Single-process fallback (tests, or a portal without a bridge).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- MQTT -----------------------------------------------------------------------------------
+_broker = urlsplit(env("MQTT_BROKER_URL"))
+if _broker.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+    raise environ.ImproperlyConfigured("MQTT_BROKER_URL must start with mqtt:// or mqtts://")
+MQTT = {
+    "HOST": _broker.hostname or "127.0.0.1",
+    "PORT": _broker.port or (8883 if _broker.scheme in ("mqtts", "ssl") else 1883),
+    "USERNAME": _broker.username or None,
+    "PASSWORD": _broker.password or None,
+    "TLS": _broker.scheme in ("mqtts", "ssl"),
+    "TLS_CA": env("MQTT_TLS_CA") or None,
+    "TOPIC": env("MQTT_TOPIC").strip("/"),
+    "CLIENT_ID": env("MQTT_CLIENT_ID"),
+    "SHARED_SUBSCRIPTION": env("MQTT_SHARED_SUBSCRIPTION"),
+}
+# A machine is online when its board was heard from in the last ONLINE_SECONDS.
+ONLINE_SECONDS = env("ONLINE_SECONDS")
+# An open use silent for longer than this is closed at its last heartbeat by the bridge.
+ORPHAN_SECONDS = env("ORPHAN_SECONDS")
+
+# --- GDPR -----------------------------------------------------------------------------------
+RETENTION_DAYS = env("RETENTION_DAYS")
+UNKNOWN_CARD_RETENTION_DAYS = env("UNKNOWN_CARD_RETENTION_DAYS")
+
+# --- Mail -----------------------------------------------------------------------------------
+vars().update(env.email_url("EMAIL_URL"))
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+DEFAULT_ADMIN_EMAIL = env("DEFAULT_ADMIN_EMAIL")
+
+# --- Import / export ------------------------------------------------------------------------
+IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = True
+IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"
+
+# --- Security -------------------------------------------------------------------------------
+# The portal is served over HTTPS (daphne with TLS on 23336, or behind a reverse proxy).
+if not DEBUG and env("SECURE_SSL"):
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- Logging --------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        app: {"handlers": ["console"], "level": env("LOG_LEVEL"), "propagate": False}
+        for app in ("fabomatic", "members", "machines", "telemetry")
+    },
+}

@@ -1,0 +1,199 @@
+"""Machines, what may use them, how they are maintained and how they were used."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+# The board reads 16-bit numbers: machine ids, logoff and grace minutes must fit.
+U16 = [MinValueValidator(0), MaxValueValidator(65535)]
+LCD_WIDTH = 16
+
+
+class MachineType(models.Model):
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    logoff_minutes = models.PositiveIntegerField(
+        _("auto-logoff (minutes)"), default=1440, validators=U16, help_text=_("0 turns auto-logoff off.")
+    )
+    grace_minutes = models.PositiveIntegerField(
+        _("power-off grace (minutes)"),
+        default=2,
+        validators=U16,
+        help_text=_("How long power stays on after logout. 0 cuts power at once."),
+    )
+    requires_authorization = models.BooleanField(
+        _("authorization required"),
+        default=True,
+        help_text=_("Untick to let every enabled member use machines of this type."),
+    )
+    legacy_id = models.PositiveIntegerField(null=True, blank=True, unique=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("machine type")
+        verbose_name_plural = _("machine types")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Machine(models.Model):
+    # The primary key IS the id the board is configured with (topic machine/<id>).
+    id = models.PositiveIntegerField(_("board id"), primary_key=True, validators=[MinValueValidator(1), *U16[1:]])
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    type = models.ForeignKey(MachineType, on_delete=models.PROTECT, related_name="machines", verbose_name=_("type"))
+    blocked = models.BooleanField(_("blocked"), default=False, help_text=_("Only super users may log in."))
+    hours = models.FloatField(
+        _("hour meter"),
+        default=0.0,
+        validators=[MinValueValidator(0)],
+        help_text=_("Hours of closed use; maintenance is counted on this meter."),
+    )
+    last_seen = models.DateTimeField(_("last seen"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("machine")
+        verbose_name_plural = _("machines")
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_online(self, now: datetime | None = None) -> bool:
+        if self.last_seen is None:
+            return False
+        now = now or timezone.now()
+        return now - self.last_seen < timedelta(seconds=settings.ONLINE_SECONDS)
+
+
+class Authorization(models.Model):
+    member = models.ForeignKey(
+        "members.Member", on_delete=models.CASCADE, related_name="authorizations", verbose_name=_("member")
+    )
+    machine = models.ForeignKey(
+        Machine, on_delete=models.CASCADE, related_name="authorizations", verbose_name=_("machine")
+    )
+    granted_at = models.DateTimeField(_("granted"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("authorization")
+        verbose_name_plural = _("authorizations")
+        constraints = [
+            models.UniqueConstraint(fields=["member", "machine"], name="one_authorization_per_member_machine")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.member} → {self.machine}"
+
+
+class MaintenancePlan(models.Model):
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="plans", verbose_name=_("machine"))
+    hours_between = models.FloatField(_("every (hours)"), validators=[MinValueValidator(0.001)])
+    description = models.CharField(_("description"), max_length=500)
+    lcd_message = models.CharField(
+        _("LCD message"), max_length=LCD_WIDTH, blank=True, help_text=_("Shown on the board (16 characters).")
+    )
+    instructions_url = models.URLField(_("instructions"), blank=True)
+    # The machine's hour meter when this item was last done: hours since = machine.hours - this.
+    # It makes "maintenance due" O(1) whatever the length of the history.
+    done_at_hours = models.FloatField(_("done at (hour meter)"), default=0.0)
+    legacy_id = models.PositiveIntegerField(null=True, blank=True, unique=True, editable=False)
+
+    class Meta:
+        ordering = ["machine", "pk"]
+        verbose_name = _("maintenance plan")
+        verbose_name_plural = _("maintenance plans")
+
+    def __str__(self) -> str:
+        return f"{self.machine}: {self.description}"
+
+    def hours_since(self, machine_hours: float | None = None) -> float:
+        meter = self.machine.hours if machine_hours is None else machine_hours
+        return max(0.0, meter - self.done_at_hours)
+
+    def is_due(self, machine_hours: float | None = None) -> bool:
+        return self.hours_since(machine_hours) > self.hours_between
+
+
+class Intervention(models.Model):
+    plan = models.ForeignKey(
+        MaintenancePlan, on_delete=models.CASCADE, related_name="interventions", verbose_name=_("maintenance")
+    )
+    machine = models.ForeignKey(
+        Machine, on_delete=models.CASCADE, related_name="interventions", verbose_name=_("machine")
+    )
+    member = models.ForeignKey(
+        "members.Member", on_delete=models.PROTECT, related_name="interventions", verbose_name=_("member")
+    )
+    performed_at = models.DateTimeField(_("when"), default=timezone.now)
+    machine_hours = models.FloatField(_("hour meter"), default=0.0)
+    replay = models.BooleanField(_("replayed"), default=False, help_text=_("Sent late by a board that was offline."))
+    legacy_id = models.PositiveIntegerField(null=True, blank=True, unique=True, editable=False)
+
+    class Meta:
+        ordering = ["-performed_at"]
+        verbose_name = _("intervention")
+        verbose_name_plural = _("interventions")
+        indexes = [
+            # Machine page and weekly summary: latest interventions of a machine.
+            models.Index(fields=["machine", "-performed_at"], name="intervention_machine_recent"),
+            # GDPR purge: older than the retention.
+            models.Index(fields=["performed_at"], name="intervention_performed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan} @ {self.performed_at:%Y-%m-%d}"
+
+
+class Use(models.Model):
+    """One session of one member on one machine. ``ended_at`` is NULL while it is open."""
+
+    member = models.ForeignKey(
+        "members.Member", on_delete=models.PROTECT, related_name="uses", verbose_name=_("member")
+    )
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="uses", verbose_name=_("machine"))
+    started_at = models.DateTimeField(_("started"))
+    ended_at = models.DateTimeField(_("ended"), null=True, blank=True)
+    last_seen = models.DateTimeField(_("last heard"))
+    # Seconds, set when the use closes: aggregates (hours per week) sum it without date arithmetic.
+    duration = models.PositiveIntegerField(_("duration (s)"), null=True, blank=True)
+    replay = models.BooleanField(_("replayed"), default=False, help_text=_("Recorded from a board's offline buffer."))
+    legacy_id = models.PositiveIntegerField(null=True, blank=True, unique=True, editable=False)
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name = _("use")
+        verbose_name_plural = _("uses")
+        constraints = [
+            # The bridge's idempotency rests on this: a machine has at most one open use.
+            models.UniqueConstraint(
+                fields=["machine"], condition=Q(ended_at__isnull=True), name="one_open_use_per_machine"
+            ),
+        ]
+        indexes = [
+            # Uses list (newest first) and machine/member history.
+            models.Index(fields=["-started_at"], name="use_started"),
+            models.Index(fields=["machine", "-started_at"], name="use_machine_recent"),
+            models.Index(fields=["member", "-started_at"], name="use_member_recent"),
+            # Orphan clean-up in the bridge: open uses by last heartbeat.
+            models.Index(fields=["last_seen"], condition=Q(ended_at__isnull=True), name="use_open_last_seen"),
+            # GDPR purge: history older than the retention.
+            models.Index(fields=["last_seen"], name="use_last_seen"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.member} on {self.machine} @ {self.started_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.ended_at is None
+
+    @property
+    def hours(self) -> float:
+        return (self.duration or 0) / 3600
