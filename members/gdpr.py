@@ -1,0 +1,212 @@
+"""Retention and anonymisation: the GDPR rules of the lab.
+
+* History (uses and interventions) older than ``RETENTION_DAYS`` moves to the anonymous member: machine hours
+  and the maintenance history stay intact, only the link to the person goes.
+* Unrecognised card swipes older than ``UNKNOWN_CARD_RETENTION_DAYS`` are deleted.
+* Members soft-deleted (``deleted_at``) longer ago than ``RETENTION_DAYS`` are erased.
+* Erasure on request (deleting a member in the portal) anonymises everything about the person at once.
+
+Everything here is idempotent: running it twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.admin.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
+from django.db.models import Exists, Max, Min, Model, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from machines.models import Authorization, Intervention, Use
+
+from .models import Card, Member, UnknownCard
+
+logger = logging.getLogger(__name__)
+
+ERASED_NAME = "Erased"
+BATCH_SIZE = 20_000
+
+# on_progress(step, done, total): called after every batch, e.g. to drive a progress bar.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class PurgeResult:
+    dry_run: bool = False
+    uses: int = 0
+    interventions: int = 0
+    unknown_cards: int = 0
+    members: int = 0
+    login_records: int = 0
+    cutoffs: dict[str, datetime] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.uses + self.interventions + self.unknown_cards + self.members + self.login_records
+
+    def summary(self) -> str:
+        verb = "Would purge" if self.dry_run else "Purged"
+        return (
+            f"{verb}: {self.uses} uses and {self.interventions} interventions anonymised, "
+            f"{self.unknown_cards} unknown cards deleted, {self.members} members erased, "
+            f"{self.login_records} login records deleted."
+        )
+
+
+def _axes_models() -> list[type[Model]]:
+    from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+
+    return [AccessAttempt, AccessFailureLog, AccessLog]
+
+
+def erase_member(member: Member, *, now: datetime | None = None) -> None:
+    """Erase a person at once (right to erasure).
+
+    Their uses and interventions move to the anonymous member (hours and maintenance history stay), their cards
+    and authorizations go, name and e-mail are blanked and they can no longer log in. The row itself stays as a
+    tombstone (``deleted_at`` set) so that the admin's own history (LogEntry) is not cascaded away.
+    """
+    anonymous = Member.objects.anonymous()
+    if member.pk == anonymous.pk:
+        raise ValueError("The anonymous member cannot be erased.")
+    now = now or timezone.now()
+    email = member.email
+    with transaction.atomic():
+        Use.objects.filter(member=member).update(member=anonymous)
+        Intervention.objects.filter(member=member).update(member=anonymous)
+        Authorization.objects.filter(member=member).delete()
+        Card.objects.filter(member=member).delete()
+        member.first_name = ERASED_NAME
+        member.last_name = ""
+        member.email = None
+        member.legacy_id = None
+        member.disabled = True
+        member.is_active = False
+        member.is_staff = False
+        member.is_superuser = False
+        member.receive_weekly_summary = False
+        member.deleted_at = member.deleted_at or now
+        # A new unusable hash also invalidates open sessions and pending password-reset links.
+        member.set_unusable_password()
+        member.save()
+        member.groups.clear()
+        member.user_permissions.clear()
+        # The admin's history names the object: keep the entries, drop the name.
+        LogEntry.objects.filter(
+            content_type=ContentType.objects.get_for_model(Member), object_id=str(member.pk)
+        ).update(object_repr=str(member))
+        if email:
+            for model in _axes_models():
+                model.objects.filter(username__iexact=email).delete()
+    logger.info("Erased member #%s", member.pk)
+
+
+def _needs_erasure() -> Q:
+    """Soft-deleted members whose personal data is still there (the purge erases them)."""
+    return (
+        Q(email__isnull=False)
+        | ~Q(first_name=ERASED_NAME)
+        | ~Q(last_name="")
+        | Exists(Card.objects.filter(member=OuterRef("pk")))
+        | Exists(Authorization.objects.filter(member=OuterRef("pk")))
+        | Exists(Use.objects.filter(member=OuterRef("pk")))
+        | Exists(Intervention.objects.filter(member=OuterRef("pk")))
+    )
+
+
+def _batched(
+    qs: QuerySet,
+    apply: Callable[[QuerySet], int],
+    *,
+    step: str,
+    dry_run: bool,
+    batch_size: int,
+    on_progress: Progress | None,
+) -> int:
+    """Apply ``apply`` (an UPDATE or DELETE) to ``qs`` in primary-key ranges of ``batch_size``.
+
+    Each range is its own short transaction, so the bridge keeps writing meanwhile, and memory stays flat:
+    no id list is ever loaded. Returns the number of rows changed (or that would change).
+    """
+    total = qs.count()
+    if dry_run or total == 0:
+        if on_progress:
+            on_progress(step, total, total)
+        return total
+    bounds = qs.aggregate(lo=Min("pk"), hi=Max("pk"))
+    lo, hi = bounds["lo"], bounds["hi"]
+    done = 0
+    start = lo
+    while start <= hi:
+        end = start + batch_size
+        with transaction.atomic():
+            done += apply(qs.filter(pk__gte=start, pk__lt=end))
+        start = end
+        if on_progress:
+            on_progress(step, min(done, total), total)
+    return done
+
+
+def purge(
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    batch_size: int = BATCH_SIZE,
+    on_progress: Progress | None = None,
+) -> PurgeResult:
+    """Apply the retention rules (the daily ``manage.py purge``). See the module docstring."""
+    now = now or timezone.now()
+    history_cutoff = now - timedelta(days=settings.RETENTION_DAYS)
+    card_cutoff = now - timedelta(days=settings.UNKNOWN_CARD_RETENTION_DAYS)
+    result = PurgeResult(dry_run=dry_run, cutoffs={"history": history_cutoff, "unknown_cards": card_cutoff})
+    anonymous = Member.objects.anonymous()
+    common = {"dry_run": dry_run, "batch_size": batch_size, "on_progress": on_progress}
+
+    # Members first: erasing them moves their (possibly recent) history to the anonymous member too.
+    members = list(
+        Member.objects.filter(deleted_at__lt=history_cutoff)
+        .exclude(pk=anonymous.pk)
+        .filter(_needs_erasure())
+        .order_by("pk")
+    )
+    result.members = len(members)
+    if not dry_run:
+        for i, member in enumerate(members, 1):
+            erase_member(member, now=now)
+            if on_progress:
+                on_progress("members", i, len(members))
+
+    result.uses = _batched(
+        Use.objects.filter(last_seen__lt=history_cutoff).exclude(member=anonymous),
+        lambda qs: qs.update(member=anonymous),
+        step="uses",
+        **common,
+    )
+    result.interventions = _batched(
+        Intervention.objects.filter(performed_at__lt=history_cutoff).exclude(member=anonymous),
+        lambda qs: qs.update(member=anonymous),
+        step="interventions",
+        **common,
+    )
+    result.unknown_cards = _batched(
+        UnknownCard.objects.filter(seen_at__lt=card_cutoff),
+        lambda qs: qs.delete()[0],  # nothing cascades from it: Django issues one plain DELETE
+        step="unknown cards",
+        **common,
+    )
+    # Login records of django-axes carry e-mail addresses and IPs: same retention as the history.
+    for model in _axes_models():
+        result.login_records += _batched(
+            model.objects.filter(attempt_time__lt=history_cutoff),
+            lambda qs, model=model: qs.delete()[1].get(model._meta.label, 0),
+            step="login records",
+            **common,
+        )
+    logger.info(result.summary())
+    return result
