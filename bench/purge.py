@@ -1,0 +1,117 @@
+"""Benchmark: the GDPR purge of 1,000,000 uses (target: under 60 s, memory bounded).
+
+Builds a throwaway SQLite database with N old uses (past the retention) and a few recent ones, then runs
+``manage.py purge`` in a fresh process and prints its wall time and peak RSS, next to the peak RSS of the same
+process doing nothing but start Django (the difference is what the purge itself holds).
+
+    .venv/bin/python -m bench.purge [--uses 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RUNNER = """
+import json, resource, sys, time
+import django
+django.setup()
+from io import StringIO
+from django.core.management import call_command
+t = time.perf_counter()
+out = StringIO()
+if sys.argv[1] == "purge":
+    call_command("purge", "--progress", "none", stdout=out)
+print(json.dumps({"seconds": time.perf_counter() - t, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "summary": out.getvalue().strip()}))
+"""
+
+
+def _env(data_dir: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        FABOMATIC_DATA_DIR=data_dir,
+        FABOMATIC_ENV_FILE="/nonexistent",
+        DJANGO_SETTINGS_MODULE="fabomatic.settings",
+        SECRET_KEY="bench-only-insecure-key",
+        DEBUG="0",
+        SECURE_SSL="0",
+        REDIS_URL="",
+        LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+    )
+    env.pop("DATABASE_URL", None)
+    return env
+
+
+def _populate(env: dict[str, str], uses: int, recent: int) -> None:
+    """Create the schema and the rows (raw executemany: the benchmark is the purge, not the insert)."""
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    code = f"""
+import django, itertools
+django.setup()
+from datetime import timedelta
+from django.db import connection, transaction
+from django.utils import timezone
+from machines.models import Machine, MachineType
+from members.models import Member
+t = MachineType.objects.create(name="T")
+m = Machine.objects.create(id=1, name="LASER", type=t)
+member = Member.objects.create_user(email="nina@lab.test", first_name="Nina")
+Member.objects.anonymous()
+now = timezone.now()
+old, new = (now - timedelta(days=400)).isoformat(), (now - timedelta(days=1)).isoformat()
+sql = ("INSERT INTO machines_use (member_id, machine_id, started_at, ended_at, last_seen, duration, replay) "
+       "VALUES (%s, 1, %s, %s, %s, 60, 0)")
+def rows(n, ts):
+    return ((member.pk, ts, ts, ts) for _ in range(n))
+with connection.cursor() as c:
+    for ts, n in ((old, {uses}), (new, {recent})):
+        left = n
+        while left:
+            k = min(left, 100_000)
+            with transaction.atomic():
+                c.executemany(sql, list(rows(k, ts)))
+            left -= k
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
+
+
+def _run(env: dict[str, str], what: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", RUNNER, what], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--uses", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-purge-") as tmp:
+        env = _env(tmp)
+        t = time.perf_counter()
+        _populate(env, args.uses, recent=10_000)
+        setup = time.perf_counter() - t
+        baseline = _run(env, "baseline")
+        first = _run(env, "purge")
+        again = _run(env, "purge")
+    print(
+        f"purge: {args.uses:,} old uses (+10,000 recent) anonymised in {first['seconds']:.1f} s, "
+        f"peak RSS {first['rss_kb'] / 1024:.0f} MB (Django alone {baseline['rss_kb'] / 1024:.0f} MB); "
+        f"second run (idempotent) {again['seconds']:.1f} s; setup {setup:.0f} s"
+    )
+    print(f"  {first['summary']}")
+    print(f"  {again['summary']}")
+
+
+if __name__ == "__main__":
+    main()
