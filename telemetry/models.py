@@ -30,3 +30,29 @@ class Board(models.Model):
 
     def __str__(self) -> str:
         return f"{self.serial or '?'} @ {self.machine}"
+
+
+class BoardCredential(models.Model):
+    """The MQTT account of the board of one machine: ``board-<id>``, allowed only on its own topics.
+
+    Only the hash is stored, in Mosquitto's own password-file format (PBKDF2-SHA512, ``$7$``): the secret is
+    shown once, when it is made (``manage.py mosquitto_credentials`` or the portal's System page).
+    """
+
+    machine = models.OneToOneField(
+        "machines.Machine", on_delete=models.CASCADE, related_name="board_credential", verbose_name=_("machine")
+    )
+    password_hash = models.CharField(_("password hash"), max_length=255)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+
+    class Meta:
+        ordering = ["machine"]
+        verbose_name = _("board credential")
+        verbose_name_plural = _("board credentials")
+
+    def __str__(self) -> str:
+        return self.username
+
+    @property
+    def username(self) -> str:
+        return f"board-{self.machine_id}"
