@@ -34,6 +34,7 @@ class Tile(TypedDict):
     maintenance: str  # the first due item
     last_seen: str | None
     firmware: str | None
+    ip: str | None  # the board's address, as the old dashboard showed it
     online_seconds: int
 
 
@@ -64,15 +65,18 @@ def build_tile(machine: Machine, open_use: Use | None, now: datetime | None = No
         since=open_use.started_at.isoformat() if open_use else None,
         maintenance=message,
         last_seen=machine.last_seen.isoformat() if machine.last_seen else None,
-        firmware=board.firmware if board else None,
+        firmware=(board.firmware or None) if board else None,
+        ip=board.ip_address if board else None,
         online_seconds=settings.ONLINE_SECONDS,
     )
 
 
 def machine_tile(machine_id: int) -> Tile | None:
+    """One machine's tile in three indexed queries (machine + board, its plans, its open use)."""
     machine = Machine.objects.select_related("board").prefetch_related("plans").filter(pk=machine_id).first()
     if machine is None:
         return None
+    # Served by the partial unique index one_open_use_per_machine: never scans the history.
     open_use = Use.objects.select_related("member").filter(machine_id=machine_id, ended_at__isnull=True).first()
     return build_tile(machine, open_use, timezone.now())
 

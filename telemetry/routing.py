@@ -1,3 +1,7 @@
-websocket_urlpatterns: list = [
-    # The live dashboard consumer is registered here (telemetry.consumers).
+from django.urls import path
+
+from .consumers import DashboardConsumer
+
+websocket_urlpatterns = [
+    path("ws/dashboard/", DashboardConsumer.as_asgi()),
 ]

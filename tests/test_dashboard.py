@@ -1,0 +1,159 @@
+"""The live dashboard on the admin index: one state per machine, counters, constant queries."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from fabomatic.dashboard import count_states, dashboard_tiles, elapsed_text
+from machines.live import build_tile, machine_tile, tile_state
+from machines.models import Machine, MaintenancePlan, Use
+from telemetry.models import Board
+
+from .factories import MachineFactory, MaintenancePlanFactory, MemberFactory, UseFactory
+
+
+@pytest.mark.parametrize(
+    ("flags", "state"),
+    [
+        ({"in_use": True, "blocked": True, "maintenance": True, "online": False}, "in_use"),
+        ({"in_use": False, "blocked": True, "maintenance": True, "online": False}, "blocked"),
+        ({"in_use": False, "blocked": False, "maintenance": True, "online": False}, "maintenance"),
+        ({"in_use": False, "blocked": False, "maintenance": False, "online": False}, "offline"),
+        ({"in_use": False, "blocked": False, "maintenance": False, "online": True}, "free"),
+    ],
+)
+def test_it_gives_one_state_in_the_old_dashboards_precedence(flags: dict, state: str) -> None:
+    assert tile_state(**flags) == state
+
+
+def _states_on_page(html: str) -> dict[int, str]:
+    return {int(i): s for i, s in re.findall(r'class="fab-tile" data-id="(\d+)" data-state="(\w+)"', html)}
+
+
+def _counters_on_page(html: str) -> dict[str, int]:
+    found = re.findall(r'data-state="(\w+)">\s*<span class="fab-count">(\d+)</span>', html)
+    return {state: int(n) for state, n in found}
+
+
+@pytest.fixture
+def every_state(lab) -> dict[str, Machine]:
+    """One machine in each state, on top of the lab (laser: in use by Nina despite a due item)."""
+    now = timezone.now()
+    Machine.objects.filter(pk__in=[1, 2]).update(last_seen=now)
+    lab.laser.refresh_from_db()
+    Machine.objects.filter(pk=1).update(hours=12)  # the 10 h lens cleaning is due
+    Use.objects.create(member=lab.normal, machine=lab.laser, started_at=now - timedelta(minutes=5), last_seen=now)
+    Board.objects.create(machine=lab.laser, firmware="hardware-rev0-it_IT,v1.0.4", ip_address="192.168.1.50")
+    blocked = MachineFactory(name="BLOCKED SAW", blocked=True, last_seen=now, hours=50)
+    MaintenancePlanFactory(machine=blocked, hours_between=1, lcd_message="oil")
+    maintenance = MachineFactory(name="MILL", last_seen=None, hours=3)
+    MaintenancePlanFactory(machine=maintenance, hours_between=2, description="Grease the spindle", lcd_message="")
+    offline = MachineFactory(name="LATHE", last_seen=now - timedelta(minutes=10))
+    return {
+        "in_use": lab.laser,
+        "free": lab.printer,
+        "blocked": blocked,
+        "maintenance": maintenance,
+        "offline": offline,
+    }
+
+
+def test_it_shows_each_machine_once_in_its_state_with_counters(admin_client, every_state) -> None:
+    response = admin_client.get("/admin/")
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert _states_on_page(html) == {m.pk: state for state, m in every_state.items()}
+    assert _counters_on_page(html) == {"in_use": 1, "blocked": 1, "maintenance": 1, "offline": 1, "free": 1}
+    # IN USE shows the member's first name and the elapsed time; MAINTENANCE the due item; the board its firmware.
+    assert '<span class="fab-tile-user">Nina</span>' in html
+    assert re.search(r'class="fab-tile-elapsed"[^>]*>0:0[45]:\d\d</time>', html)
+    assert "Grease the spindle"[:16] in html
+    assert "hardware-rev0-it_IT,v1.0.4" in html
+    # The script gets the same tiles as data.
+    data = json.loads(re.search(r'id="fab-tiles-data" type="application/json">(.*?)</script>', html).group(1))
+    assert {t["id"]: t["state"] for t in data} == _states_on_page(html)
+
+
+def test_it_keeps_the_app_list_below_the_dashboard(admin_client, lab) -> None:
+    html = admin_client.get("/admin/").content.decode()
+    assert html.index('id="fab-dashboard"') < html.index('id="content-main"')
+    assert "recent-actions-module" in html
+
+
+def test_it_builds_every_tile_in_three_queries_whatever_the_lab_or_history_size(
+    django_assert_num_queries, every_state
+) -> None:
+    with django_assert_num_queries(3):
+        few = dashboard_tiles()
+    for n in range(20):
+        machine = MachineFactory(last_seen=timezone.now())
+        MaintenancePlanFactory(machine=machine)
+        Board.objects.create(machine=machine, firmware=f"fw{n}")
+        UseFactory(machine=machine, ended_at=timezone.now(), duration=60)
+        if n % 2:
+            UseFactory(machine=machine)
+    with django_assert_num_queries(3):
+        many = dashboard_tiles()
+    assert len(many) == len(few) + 20
+    assert count_states(many)["in_use"] == 1 + 10
+
+
+def test_it_reads_only_open_uses(every_state) -> None:
+    UseFactory.create_batch(5, machine=every_state["free"], ended_at=timezone.now(), duration=10)
+    with CaptureQueriesContext(connection) as queries:
+        dashboard_tiles()
+    use_queries = [q["sql"] for q in queries.captured_queries if '"machines_use"' in q["sql"]]
+    assert len(use_queries) == 1
+    assert '"machines_use"."ended_at" IS NULL' in use_queries[0]
+
+
+def test_it_turns_a_silent_machine_offline_and_a_fresh_one_free(lab) -> None:
+    now = timezone.now()
+    Machine.objects.filter(pk=2).update(last_seen=now - timedelta(seconds=89))
+    assert machine_tile(2)["state"] == "free"
+    Machine.objects.filter(pk=2).update(last_seen=now - timedelta(seconds=91))
+    assert machine_tile(2)["state"] == "offline"
+
+
+def test_it_puts_the_first_due_item_on_a_maintenance_tile(lab) -> None:
+    MaintenancePlan.objects.create(machine=lab.laser, hours_between=1, description="Check the belts")
+    lab.laser.hours = 11
+    lab.laser.save()
+    machine = Machine.objects.prefetch_related("plans").get(pk=lab.laser.pk)
+    tile = build_tile(machine, None)
+    assert (tile["state"], tile["maintenance"]) == ("maintenance", "pulire lente")
+
+
+def test_it_formats_elapsed_time_as_the_script_does() -> None:
+    start = timezone.now()
+    assert elapsed_text(start, start + timedelta(hours=2, minutes=3, seconds=4)) == "2:03:04"
+    assert elapsed_text(start, start - timedelta(seconds=5)) == "0:00:00"
+
+
+def test_it_draws_an_empty_lab(admin_client) -> None:
+    html = admin_client.get("/admin/").content.decode()
+    assert 'class="fab-empty"' in html
+    assert _counters_on_page(html) == {"in_use": 0, "blocked": 0, "maintenance": 0, "offline": 0, "free": 0}
+
+
+def test_it_refuses_the_dashboard_to_anonymous_and_non_staff(client, lab) -> None:
+    response = client.get("/admin/")
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    client.force_login(MemberFactory(is_staff=False))
+    response = client.get("/admin/")
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    assert "LASER 1" not in response.content.decode()
+
+
+def test_it_serves_its_script_and_styles_locally(admin_client, lab) -> None:
+    html = admin_client.get("/admin/").content.decode()
+    for asset in ("fabomatic/dashboard.js", "fabomatic/dashboard.css"):
+        assert f"/static/{asset}" in html
+    assert not re.search(r'<(script|link)[^>]+(src|href)="(https?:)?//', html)
