@@ -1,0 +1,183 @@
+"""The dashboard websocket: staff only, broadcasts forwarded, and the real Redis layer across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import channel_layers, get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+
+from fabomatic.asgi import application
+from machines.live import GROUP, broadcast_heartbeat, broadcast_machine
+from machines.models import Machine, Use
+from telemetry.consumers import CLOSE_FORBIDDEN, DashboardConsumer
+
+from .factories import MemberFactory
+from .services import ROOT
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_layers() -> Iterator[None]:
+    """Channel layers bind to an event loop: every test gets new ones."""
+    channel_layers.backends = {}
+    yield
+    channel_layers.backends = {}
+
+
+def _communicator(user: object | None) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(DashboardConsumer.as_asgi(), "/ws/dashboard/")
+    if user is not None:
+        communicator.scope["user"] = user
+    return communicator
+
+
+async def _connected(user: object) -> WebsocketCommunicator:
+    communicator = _communicator(user)
+    connected, _ = await communicator.connect()
+    assert connected
+    snapshot = await communicator.receive_json_from()
+    assert snapshot["type"] == "snapshot"
+    return communicator
+
+
+@pytest.fixture
+def staff(lab):
+    return lab.admin.__class__.objects.create_user(
+        email="desk@lab.test", first_name="Desk", password="x", is_staff=True, role=lab.admin.role
+    )
+
+
+async def test_it_accepts_staff_and_sends_a_snapshot_of_every_tile(staff, lab) -> None:
+    communicator = _communicator(staff)
+    connected, _ = await communicator.connect()
+    assert connected
+    snapshot = await communicator.receive_json_from()
+    assert snapshot["type"] == "snapshot"
+    assert {t["name"]: t["state"] for t in snapshot["tiles"]} == {"LASER 1": "offline", "PRINTER 1": "offline"}
+    assert "now" in snapshot
+    await communicator.disconnect()
+
+
+async def test_it_rejects_anonymous_users() -> None:
+    from django.contrib.auth.models import AnonymousUser
+
+    for user in (None, AnonymousUser()):
+        communicator = _communicator(user)
+        connected, code = await communicator.connect()
+        assert (connected, code) == (False, CLOSE_FORBIDDEN)
+
+
+async def test_it_rejects_members_without_portal_access_and_inactive_staff(lab) -> None:
+    inactive = await database_sync_to_async(MemberFactory)(is_staff=True, is_active=False)
+    for user in (lab.normal, lab.admin, inactive):  # lab.admin authorizes all on boards, but is not portal staff
+        connected, code = await _communicator(user).connect()
+        assert (connected, code) == (False, CLOSE_FORBIDDEN)
+
+
+async def test_it_forwards_machine_updates_sent_to_the_group(staff) -> None:
+    communicator = await _connected(staff)
+    tile = {"id": 7, "name": "X", "state": "free"}
+    await get_channel_layer().group_send(GROUP, {"type": "machine.update", "tile": tile})
+    assert await communicator.receive_json_from() == {"type": "machine.update", "tile": tile}
+    await communicator.disconnect()
+
+
+async def test_it_forwards_heartbeats(staff) -> None:
+    communicator = await _connected(staff)
+    now = timezone.now()
+    await database_sync_to_async(broadcast_heartbeat)(1, now)
+    assert await communicator.receive_json_from() == {
+        "type": "machine.heartbeat",
+        "id": 1,
+        "last_seen": now.isoformat(),
+    }
+    await communicator.disconnect()
+
+
+async def test_it_pushes_the_tile_the_bridge_broadcasts(staff, lab) -> None:
+    communicator = await _connected(staff)
+
+    def start_use() -> None:
+        now = timezone.now()
+        Machine.objects.filter(pk=1).update(last_seen=now)
+        Use.objects.create(member=lab.normal, machine=lab.laser, started_at=now - timedelta(seconds=3), last_seen=now)
+        broadcast_machine(1)
+
+    await database_sync_to_async(start_use)()
+    message = await communicator.receive_json_from()
+    assert message["type"] == "machine.update"
+    assert (message["tile"]["id"], message["tile"]["state"], message["tile"]["user"]) == (1, "in_use", "Nina")
+    await communicator.disconnect()
+
+
+async def test_it_stops_sending_to_a_closed_dashboard(staff) -> None:
+    first, second = await _connected(staff), await _connected(staff)
+    await first.disconnect()
+    await get_channel_layer().group_send(GROUP, {"type": "machine.heartbeat", "id": 1, "last_seen": "x"})
+    assert (await second.receive_json_from())["type"] == "machine.heartbeat"
+    assert await first.receive_nothing()
+    await second.disconnect()
+
+
+async def test_it_authenticates_through_the_session_cookie_of_the_real_stack(staff) -> None:
+    client = Client()
+    await database_sync_to_async(client.force_login)(staff)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    communicator = WebsocketCommunicator(
+        application, "/ws/dashboard/", headers=[(b"cookie", cookie), (b"origin", b"http://testserver")]
+    )
+    connected, _ = await communicator.connect()
+    assert connected
+    assert (await communicator.receive_json_from())["type"] == "snapshot"
+    await communicator.disconnect()
+
+    anonymous = WebsocketCommunicator(application, "/ws/dashboard/", headers=[(b"origin", b"http://testserver")])
+    connected, _ = await anonymous.connect()
+    assert not connected
+
+
+async def test_it_carries_a_tile_from_another_process_through_the_real_redis_layer(staff, lab, redis, settings) -> None:
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [redis.url], "prefix": f"test{os.getpid()}"},
+        }
+    }
+    dashboards = [await _connected(staff) for _ in range(3)]
+
+    def open_use() -> None:
+        now = timezone.now()
+        Machine.objects.filter(pk=1).update(last_seen=now)
+        Use.objects.create(member=lab.normal, machine=lab.laser, started_at=now, last_seen=now)
+
+    await database_sync_to_async(open_use)()
+    # A second process (as mqtt_listen is) computes the tile and publishes it through its own layer.
+    env = {
+        **os.environ,
+        "REDIS_URL": redis.url,
+        "CHANNELS_PREFIX": f"test{os.getpid()}",
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+    }
+    code = "from machines.live import broadcast_machine; broadcast_machine(1)"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "manage.py", "shell", "-c", code, cwd=ROOT, env=env, stderr=subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    for dashboard in dashboards:
+        message = await dashboard.receive_json_from(timeout=5)
+        tile = message["tile"]
+        assert (message["type"], tile["state"], tile["user"]) == ("machine.update", "in_use", "Nina")
+        await dashboard.disconnect()
