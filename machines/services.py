@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Max, Sum
 from django.utils import timezone
 
 from members.models import Member
@@ -144,3 +144,44 @@ def delete_use(use: Use) -> None:
     """Delete a use record and take its closed duration off the hour meter."""
     add_machine_seconds(use.machine_id, -(use.duration or 0))
     use.delete()
+
+
+@transaction.atomic
+def register_use(*, member: Member, machine: Machine, started_at: datetime, ended_at: datetime) -> Use:
+    """A use entered by staff after the fact (a board that never reported it): closed, and on the hour meter."""
+    duration = max(0, round((ended_at - started_at).total_seconds()))
+    use = Use.objects.create(
+        member=member, machine=machine, started_at=started_at, ended_at=ended_at, last_seen=ended_at, duration=duration
+    )
+    add_machine_seconds(machine.pk, duration)
+    return use
+
+
+def meter_at(machine: Machine, when: datetime) -> float:
+    """The machine's hour meter at ``when``: today's reading less the closed use started since (machine index)."""
+    later = Use.objects.filter(machine=machine, started_at__gte=when, duration__isnull=False).aggregate(
+        s=Sum("duration")
+    )["s"]
+    return max(0.0, machine.hours - (later or 0) / 3600)
+
+
+@transaction.atomic
+def record_manual_intervention(*, plan: MaintenancePlan, member: Member, when: datetime) -> Intervention:
+    """Maintenance entered by staff, possibly back-dated; it resets the plan's counter only if it is the latest."""
+    machine = Machine.objects.get(pk=plan.machine_id)
+    latest = Intervention.objects.filter(plan=plan).aggregate(m=Max("performed_at"))["m"]
+    intervention = Intervention.objects.create(
+        plan=plan, machine=machine, member=member, performed_at=when, machine_hours=meter_at(machine, when)
+    )
+    if latest is None or when >= latest:
+        MaintenancePlan.objects.filter(pk=plan.pk).update(done_at_hours=intervention.machine_hours)
+    return intervention
+
+
+@transaction.atomic
+def delete_intervention(intervention: Intervention) -> None:
+    """Delete an intervention recorded by mistake; the plan's counter falls back to the previous one."""
+    plan_id = intervention.plan_id
+    intervention.delete()
+    previous = Intervention.objects.filter(plan_id=plan_id).order_by("-performed_at").first()
+    MaintenancePlan.objects.filter(pk=plan_id).update(done_at_hours=previous.machine_hours if previous else 0.0)
