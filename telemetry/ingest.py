@@ -1,0 +1,362 @@
+"""Board requests → database rows → the reply the board expects.
+
+Every request is one short transaction: the machine's ``last_seen`` is touched first (one UPDATE, which also tells
+whether the machine exists and, on PostgreSQL, locks its row so two bridges serialise per machine), then the action's
+work, then commit. Only after the commit does the caller publish the reply and broadcast to the live dashboard.
+
+Use lifecycle (board-protocol §7; idempotent under the board's replays and duplicates):
+
+- ``startuse`` with the same member's use already open is the same session (a duplicate or replay, S15): nothing new.
+  With another member's use open, that one was orphaned by a board reboot (S18): it is closed at its last heartbeat.
+- ``inuse`` without an open use opens one at now − duration (S17).
+- ``stopuse`` closes the open use at start + duration (hours counted once, by ``close_use``). With nothing open it
+  creates a closed use at now − duration (an offline session replayed, S14) unless the duration is 0 (a remote stop on
+  an idle machine, S21), the card is "no card", or the machine's latest use is the same member's with the same
+  duration (a duplicate stopuse, S16).
+- Policy for disabled, deleted or inactive members (S7): their ``startuse`` is refused (``request_ok`` false) and no
+  use is opened or created for them by ``inuse``/``stopuse``; a use that is already open is still closed normally.
+  Members who are merely not authorized (an offline whitelist or cache login) are recorded: the machine ran.
+- An open use silent for more than ``ORPHAN_SECONDS`` is closed at its last heartbeat + 1 s (S19) by
+  :func:`close_orphans`, which the bridge runs periodically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from machines import live, services
+from machines.models import Machine, Use
+from members.models import Card, Member, UnknownCard
+
+from . import protocol as p
+from .models import Board
+
+logger = logging.getLogger(__name__)
+
+# A stopuse that repeats the machine's latest closed use (same member, same duration) within this window is a
+# duplicate (S16). A board's replay buffer survives reboots, so allow for a long outage.
+DUPLICATE_WINDOW = timedelta(days=2)
+# A replayed stopuse whose start + duration lies in the future moves the session back (its start was stamped late).
+FUTURE_SLACK = timedelta(seconds=5)
+# Live dashboard heartbeats: at most one per machine per this many seconds.
+HEARTBEAT_EVERY = 10.0
+# Cards per synccache page read from the database (a reply holds about eight).
+SYNC_PAGE = 12
+
+
+class Unavailable(Exception):
+    """The database could not be reached or locked in time."""
+
+
+@dataclass
+class Outcome:
+    reply: p.Reply | None
+    changed: bool = False  # the machine's dashboard tile changed: broadcast it after the reply
+    seen: datetime | None = None  # the machine was heard from at this time
+    failed: bool = False  # the database was unavailable: the reply says request_ok false
+
+
+def handle_message(machine_id: int, request: p.Request) -> p.Reply | None:
+    """Process one request and return the reply to publish (None: send nothing). Never raises."""
+    outcome = process(machine_id, request)
+    after_reply(machine_id, outcome)
+    return outcome.reply
+
+
+def process(machine_id: int, request: p.Request, *, now: datetime | None = None) -> Outcome:
+    """The database work of one request, committed before it returns. Never raises."""
+    try:
+        return _process(machine_id, request, now or timezone.now())
+    except DatabaseError as exc:
+        logger.warning("machine %s %s: database unavailable (%s)", machine_id, request.action, exc)
+        _drop_broken_connection()
+        return Outcome(None if isinstance(request, p.Alive) else p.unavailable_reply(request), failed=True)
+    except Exception:
+        logger.exception("machine %s %s: failed", machine_id, request.action)
+        _drop_broken_connection()
+        return Outcome(None if isinstance(request, p.Alive) else p.unavailable_reply(request), failed=True)
+
+
+def _drop_broken_connection() -> None:
+    # A failed connection is reopened on the next request, so the bridge recovers by itself.
+    try:
+        connection.close()
+    except Exception:  # closing a dead connection may fail as well
+        logger.debug("closing the database connection failed", exc_info=True)
+
+
+_last_heartbeat: dict[int, float] = {}
+
+
+def after_reply(machine_id: int, outcome: Outcome) -> None:
+    """Broadcast to the live dashboard, after the reply is out. A channel layer that is down is only logged."""
+    try:
+        if outcome.changed:
+            live.broadcast_machine(machine_id)
+            _last_heartbeat[machine_id] = time.monotonic()
+        elif outcome.seen is not None:
+            now = time.monotonic()
+            if now - _last_heartbeat.get(machine_id, -HEARTBEAT_EVERY) >= HEARTBEAT_EVERY:
+                _last_heartbeat[machine_id] = now
+                live.broadcast_heartbeat(machine_id, outcome.seen)
+    except Exception:
+        logger.warning("live update for machine %s failed", machine_id, exc_info=True)
+
+
+def _process(machine_id: int, request: p.Request, now: datetime) -> Outcome:
+    if isinstance(request, p.SyncCache):  # the only request that does not count as "heard from" (old backend)
+        return Outcome(_sync_cache(machine_id, request))
+    with transaction.atomic():
+        came_online = _touch(machine_id, now)
+        if came_online is None:
+            # Unknown machine: nothing recorded; no reply to alive, which the board does not expect (M6).
+            return Outcome(None if isinstance(request, p.Alive) else p.unknown_machine_reply())
+        outcome = _HANDLERS[type(request)](machine_id, request, now)
+    outcome.seen = now
+    outcome.changed = outcome.changed or came_online
+    return outcome
+
+
+def _touch(machine_id: int, now: datetime) -> bool | None:
+    """Mark the machine heard from now. Returns None for an unknown machine, True if it was offline before."""
+    online_since = now - timedelta(seconds=settings.ONLINE_SECONDS)
+    if Machine.objects.filter(pk=machine_id, last_seen__gte=online_since).update(last_seen=now):
+        return False
+    if Machine.objects.filter(pk=machine_id).update(last_seen=now):
+        return True
+    return None
+
+
+def _machine(machine_id: int) -> Machine:
+    return Machine.objects.select_related("type").get(pk=machine_id)
+
+
+def _card_member(uid: str) -> Member | None:
+    """The member holding this active card, with the role loaded."""
+    if uid == p.NO_CARD:
+        return None
+    card = Card.objects.select_related("member__role").filter(uid=uid, active=True).first()
+    return card.member if card else None
+
+
+def _open_use(machine_id: int) -> Use | None:
+    return Use.objects.filter(machine_id=machine_id, ended_at__isnull=True).first()
+
+
+# --- Handlers ------------------------------------------------------------------------------
+
+
+def _check_machine(machine_id: int, request: p.CheckMachine, now: datetime) -> Outcome:
+    machine = _machine(machine_id)
+    due, message = services.maintenance_status(machine)
+    return Outcome(
+        p.machine_reply(
+            name=machine.name,
+            maintenance=due,
+            allowed=not machine.blocked,
+            logoff=machine.type.logoff_minutes,
+            type_id=machine.type_id,
+            grace=machine.type.grace_minutes,
+            description=message,
+        )
+    )
+
+
+def _check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Outcome:
+    member = _card_member(request.uid)
+    if member is None:
+        if request.uid != p.NO_CARD and not Card.objects.filter(uid=request.uid).exists():
+            UnknownCard.objects.create(uid=request.uid, machine_id=machine_id, seen_at=now)  # for registration
+        return Outcome(p.user_reply(is_valid=False, name="Unknown", level=0))
+    decision = services.check_access(member, _machine(machine_id))
+    if not decision.allowed:
+        return Outcome(p.user_reply(is_valid=False, name="User not authorized", level=0, missing_auth=True))
+    return Outcome(p.user_reply(is_valid=True, name=member.first_name, level=decision.level))
+
+
+def _start_use(machine_id: int, request: p.StartUse, now: datetime) -> Outcome:
+    member = _card_member(request.uid)
+    if member is None:
+        return Outcome(p.simple_reply(False, "Invalid card"))
+    if not member.can_use_machines:
+        logger.info("machine %s: startuse refused for disabled member %s", machine_id, member.pk)
+        return Outcome(p.simple_reply(False, "User disabled"))
+    current = _open_use(machine_id)
+    if current is not None and current.member_id == member.pk:
+        # The same session again: a duplicate or a replay of a start the backend answered too late (S15).
+        Use.objects.filter(pk=current.pk).update(last_seen=now)
+        return Outcome(p.simple_reply(True))
+    if current is not None:
+        # Another member's use is still open: the board rebooted without a stopuse (S18).
+        services.close_use(current, ended_at=current.last_seen)
+    Use.objects.create(member=member, machine_id=machine_id, started_at=now, last_seen=now, replay=request.replay)
+    return Outcome(p.simple_reply(True), changed=True)
+
+
+def _in_use(machine_id: int, request: p.InUse, now: datetime) -> Outcome:
+    member = _card_member(request.uid)
+    if member is None:
+        return Outcome(p.simple_reply(False, "Invalid card"))
+    current = _open_use(machine_id)
+    if current is not None and current.member_id == member.pk:
+        Use.objects.filter(pk=current.pk).update(last_seen=now)
+        return Outcome(p.simple_reply(True, "inUse"))
+    changed = False
+    if current is not None:
+        # The board says this member is on; the open use is someone else's orphan.
+        services.close_use(current, ended_at=current.last_seen)
+        changed = True
+    if member.can_use_machines:
+        # A missed startuse, e.g. after a backend restart (S17).
+        start = now - timedelta(seconds=request.duration)
+        Use.objects.create(member=member, machine_id=machine_id, started_at=start, last_seen=now)
+        changed = True
+    return Outcome(p.simple_reply(True, "inUse"), changed=changed)
+
+
+def _stop_use(machine_id: int, request: p.StopUse, now: datetime) -> Outcome:
+    member = _card_member(request.uid)
+    duration = timedelta(seconds=request.duration)
+    done = p.simple_reply(True, f"Duration {request.duration} seconds")
+    current = _open_use(machine_id)
+    if current is not None and (member is None or current.member_id != member.pk):
+        # The board's user is not the one on record: the open use is an orphan.
+        if request.uid == p.NO_CARD or member is None:
+            # No usable card on the stop (a remote stop after boot): the board's current session is the open one.
+            if request.duration == 0:
+                return Outcome(done)
+            _close_at(current, duration, now)
+            return Outcome(done, changed=True)
+        services.close_use(current, ended_at=current.last_seen)
+        current = None
+        changed = True
+    else:
+        changed = False
+    if current is not None:
+        _close_at(current, duration, now)
+        return Outcome(done, changed=True)
+    if member is None:
+        return Outcome(p.simple_reply(False, "Invalid card") if request.uid != p.NO_CARD else done, changed=changed)
+    if request.duration == 0 or not member.can_use_machines:
+        return Outcome(done, changed=changed)  # a remote stop on an idle machine (S21): nothing to record
+    latest = Use.objects.filter(machine_id=machine_id).order_by("-started_at").first()
+    if (
+        latest is not None
+        and latest.ended_at is not None
+        and latest.member_id == member.pk
+        and latest.duration == request.duration
+        and now - latest.ended_at <= DUPLICATE_WINDOW
+    ):
+        return Outcome(done, changed=changed)  # a duplicate stopuse (S16)
+    # A session the backend never saw start: an offline use replayed, or a lost startuse (S14).
+    use = Use.objects.create(
+        member=member, machine_id=machine_id, started_at=now - duration, last_seen=now, replay=request.replay
+    )
+    services.close_use(use, ended_at=now)
+    return Outcome(done, changed=True)
+
+
+def _close_at(use: Use, duration: timedelta, now: datetime) -> None:
+    end = use.started_at + duration
+    if end > now + FUTURE_SLACK:
+        # The start was stamped when a replayed startuse arrived, after the session: move the session back (M12).
+        use.started_at = now - duration
+        Use.objects.filter(pk=use.pk).update(started_at=use.started_at)
+        end = now
+    services.close_use(use, ended_at=end, last_seen=max(now, use.last_seen))
+
+
+def _maintenance(machine_id: int, request: p.Maintenance, now: datetime) -> Outcome:
+    member = _card_member(request.uid)
+    if member is None:
+        return Outcome(p.simple_reply(False, "Wrong user card"))
+    if not services.may_record_maintenance(member):
+        return Outcome(p.simple_reply(False, "Not authorized"))
+    machine = Machine.objects.get(pk=machine_id)
+    due = services.due_plans(machine)
+    if not due:
+        return Outcome(p.simple_reply(True))  # nothing due: a duplicate or replay records nothing
+    services.record_interventions(machine=machine, member=member, plans=due, replay=request.replay, when=now)
+    return Outcome(p.simple_reply(True), changed=True)
+
+
+def _alive(machine_id: int, request: p.Alive, now: datetime) -> Outcome:
+    board = Board.objects.filter(machine_id=machine_id).first()
+    new_firmware = board is None or board.firmware != request.version
+    fields = {
+        "serial": request.serial,
+        "ip_address": request.ip,
+        "firmware": request.version,
+        "free_heap": request.heap,
+        "last_seen": now,
+    }
+    if board is None:
+        try:
+            with transaction.atomic():
+                Board.objects.create(machine_id=machine_id, **fields)
+        except IntegrityError:  # another bridge created it meanwhile
+            Board.objects.filter(machine_id=machine_id).update(**fields)
+    else:
+        Board.objects.filter(pk=board.pk).update(**fields)
+    return Outcome(None, changed=new_firmware)
+
+
+def _sync_cache(machine_id: int, request: p.SyncCache) -> p.Reply:
+    machine = Machine.objects.select_related("type").filter(pk=machine_id).first()
+    if machine is None:
+        return p.unknown_machine_reply()
+    cards = Card.objects.filter(
+        active=True, member__disabled=False, member__is_active=True, member__deleted_at__isnull=True
+    )
+    allowed = Q(member__role__authorize_all=True)
+    if not machine.blocked:
+        allowed |= Q() if not machine.type.requires_authorization else Q(member__authorizations__machine=machine)
+    rows = list(
+        cards.filter(allowed)
+        .distinct()
+        .order_by("uid")
+        .values_list("uid", "member__role__authorize_all", "member__role__maintenance")[
+            request.offset : request.offset + SYNC_PAGE + 1
+        ]
+    )
+    more = len(rows) > SYNC_PAGE
+    entries = [(uid, 2 if (everything or maint) else 1) for uid, everything, maint in rows[:SYNC_PAGE]]
+    return p.cards_reply(entries, offset=request.offset, more=more)
+
+
+_HANDLERS = {
+    p.CheckMachine: _check_machine,
+    p.CheckUser: _check_user,
+    p.StartUse: _start_use,
+    p.InUse: _in_use,
+    p.StopUse: _stop_use,
+    p.Maintenance: _maintenance,
+    p.Alive: _alive,
+}
+
+
+# --- Housekeeping --------------------------------------------------------------------------
+
+
+def close_orphans(now: datetime | None = None) -> list[int]:
+    """Close open uses silent for more than ORPHAN_SECONDS at their last heartbeat + 1 s (S19).
+
+    Returns the machine ids whose use was closed (to broadcast). Uses the partial index on open uses.
+    """
+    now = now or timezone.now()
+    limit = now - timedelta(seconds=settings.ORPHAN_SECONDS)
+    closed = []
+    for use in Use.objects.filter(ended_at__isnull=True, last_seen__lt=limit).order_by("last_seen")[:500]:
+        with transaction.atomic():
+            services.close_use(use, ended_at=use.last_seen + timedelta(seconds=1), last_seen=use.last_seen)
+        logger.info("closed orphan use %s on machine %s", use.pk, use.machine_id)
+        closed.append(use.machine_id)
+    return closed
