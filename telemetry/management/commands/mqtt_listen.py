@@ -1,0 +1,44 @@
+"""``manage.py mqtt_listen``: the board bridge. Runs until SIGTERM or SIGINT, then exits 0."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from telemetry.mqtt import Bridge
+
+
+class Command(BaseCommand):
+    help = (
+        "Answer the Fab-O-Matic boards over MQTT: subscribe to <MQTT_TOPIC>/+ and reply on <MQTT_TOPIC>/<id>/reply. "
+        "Closes orphan uses (silent > ORPHAN_SECONDS) and publishes stats on stats/<client id> every 5 s. "
+        "Reconnects by itself; stops cleanly on SIGTERM/SIGINT."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--client-id", default="", help="MQTT client id (default: MQTT_CLIENT_ID or host-pid).")
+        parser.add_argument(
+            "--housekeeping", type=float, default=60.0, help="Seconds between orphan checks (default 60)."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.MQTT.get("HOST") or not settings.MQTT.get("TOPIC"):
+            raise CommandError("MQTT_BROKER_URL and MQTT_TOPIC must be set")
+        self.shutdown = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.on_signal)
+        bridge = Bridge(client_id=options["client_id"] or None, housekeeping_every=options["housekeeping"])
+        bridge.start()
+        self.stdout.write(f"Bridge {bridge.client_id} → {settings.MQTT['HOST']}:{settings.MQTT['PORT']}")
+        while not self.shutdown.is_set():
+            bridge.tick()
+            self.shutdown.wait(1.0)
+        bridge.stop()
+        self.stdout.write("Bridge stopped.")
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.shutdown.set()
