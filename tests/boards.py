@@ -1,0 +1,80 @@
+"""A simulated Fab-O-Matic board for the tests: a real paho client speaking the firmware's payloads (§2)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import socket
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+REPLY_TIMEOUT = 2.0  # the board's own timeout (board-protocol §3.2)
+_ids = itertools.count(1)
+
+
+class SimBoard:
+    def __init__(self, port: int, machine_id: int | str, topic: str = "machine") -> None:
+        self.machine_id = machine_id
+        self.topic = f"{topic}/{machine_id}"
+        self.replies: queue.Queue[bytes] = queue.Queue()
+        self.commands: queue.Queue[bytes] = queue.Queue()
+        self._ready = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"BOARD{next(_ids)}-{id(self)}", clean_session=True
+        )
+        self.client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self._ready.set()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+        if not self._ready.wait(5):
+            raise RuntimeError("simulated board could not subscribe")
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._ready.clear()
+        client.subscribe([(f"{self.topic}/reply", 0), (f"{self.topic}/request", 0)])
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        (self.replies if msg.topic.endswith("/reply") else self.commands).put(msg.payload)
+
+    def wait_ready(self, timeout: float = 20) -> bool:
+        return self._ready.wait(timeout)
+
+    def send(self, payload: dict[str, Any] | bytes | str) -> None:
+        if isinstance(payload, dict):
+            payload = json.dumps(payload)
+        self.client.publish(self.topic, payload, qos=0).wait_for_publish(2)
+
+    def ask(self, payload: dict[str, Any] | bytes | str, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
+        """Publish a request and return the one reply, which must come within the board's 2 s."""
+        assert self.replies.empty(), f"unsolicited reply pending: {self.replies.queue[0]!r}"
+        self.send(payload)
+        try:
+            raw = self.replies.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no reply within {timeout}s to {payload!r}") from None
+        assert len(raw) <= 280, f"reply of {len(raw)} bytes overflows the board buffer"
+        return json.loads(raw)
+
+    def assert_no_reply(self, payload: dict[str, Any] | bytes | str) -> None:
+        """Send something that must get no reply: the next reply must then be the checkmachine's that follows it.
+
+        The bridge answers in order, so a reply to ``payload`` would arrive first.
+        """
+        self.send(payload)
+        reply = self.ask({"action": "checkmachine"})
+        assert "allowed" in reply or reply == {"request_ok": False, "message": "Invalid machine ID"}, reply
+        try:
+            extra = self.replies.get(timeout=0.3)  # a second reply would be right behind the first
+        except queue.Empty:
+            return
+        raise AssertionError(f"a second reply arrived: {extra!r}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
