@@ -18,6 +18,8 @@ class Command(BaseCommand):
         "Closes orphan uses (silent > ORPHAN_SECONDS) and publishes stats on stats/<client id> every 5 s. "
         "Reconnects by itself; stops cleanly on SIGTERM/SIGINT."
     )
+    # The bridge must keep running whatever the state of the portal's admin configuration.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--client-id", default="", help="MQTT client id (default: MQTT_CLIENT_ID or host-pid).")
