@@ -211,6 +211,11 @@ DEFAULT_ADMIN_EMAIL = env("DEFAULT_ADMIN_EMAIL")
 # --- Import / export ------------------------------------------------------------------------
 IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = True
 IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"
+# Excel only: no CSV (formula-injection prone, encoding trouble) and no format list to choose from.
+from import_export.formats.base_formats import XLSX  # noqa: E402 - settings only read at request time
+
+IMPORT_EXPORT_FORMATS = [XLSX]
+EXPORT_FORMATS = [XLSX]
 
 # --- Security -------------------------------------------------------------------------------
 # The portal is served over HTTPS (daphne with TLS on 23336, or behind a reverse proxy).
