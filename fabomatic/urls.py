@@ -3,11 +3,18 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from members.forms import StaffPasswordResetForm
+
 urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
     # Password reset through Django's own flow (linked from the login page).
-    path("admin/password_reset/", auth_views.PasswordResetView.as_view(), name="admin_password_reset"),
+    path(
+        "admin/password_reset/",
+        # Staff added in the portal or imported have no password yet: reset is how they set their first one.
+        auth_views.PasswordResetView.as_view(form_class=StaffPasswordResetForm),
+        name="admin_password_reset",
+    ),
     path("admin/password_reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path("reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(), name="password_reset_confirm"),
     path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
