@@ -359,6 +359,7 @@ class _Importer:
                     self.warn(f"User {uid} ({row['name']} {row['surname']}): invalid e-mail {email!r} dropped.")
                     email = None
             if email:
+                email = Member.objects.normalize_email(email)  # as create_user does: the domain in lower case
                 hit = emails.get(email.lower())
                 if hit and hit[0] is not None and hit[1] is None:
                     # A member created here before the import (e.g. the first admin): the same person.
