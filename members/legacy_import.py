@@ -443,8 +443,10 @@ class _Importer:
         t = self.tally("Cards")
         owners = dict(Card.objects.values_list("uid", "member_id"))
         new: list[Card] = []
+        without = 0
         for user_id, raw in cards:
             if raw is None or str(raw).strip() == "":
+                without += 1
                 continue
             t.found += 1
             uid = normalize_uid(raw)
@@ -463,6 +465,8 @@ class _Importer:
                 new.append(Card(uid=uid, member_id=member_pk, created_at=self.now))
         Card.objects.bulk_create(new, batch_size=BATCH)
         t.created += len(new)
+        if without:
+            self.warn(f"Cards: {without} user(s) have no card UID; imported without a card.")
 
     def machines(self) -> None:
         t = self.tally("Machines")

@@ -282,6 +282,7 @@ def test_it_handles_the_quirks_of_old_data(bootstrapped, tmp_path):
     assert by_old[6].deleted_at is not None and by_old[7].deleted_at is None
     assert Card.objects.get(uid="7ac7513f").member == by_old[7]
     assert not by_old[9].cards.exists() and "'not-a-card'" in out
+    assert "Cards: 0 user(s)" not in out and "have no card UID" not in out  # only Anonymous lacks one: not a user
     assert by_old[8].receive_weekly_summary and not by_old[14].receive_weekly_summary
     assert by_old[14].disabled
     assert Machine.objects.get(pk=5).type.name == "Default type"
@@ -425,6 +426,7 @@ def test_it_reads_the_first_schema_without_later_columns(db, tmp_path):
     mario = Member.objects.get(legacy_id=1)
     assert mario.is_staff and mario.is_superuser and mario.cards.get().uid == "aabbccdd"
     assert not Member.objects.get(legacy_id=2).is_staff  # a portal user needs an e-mail
+    assert "1 user(s) have no card UID" in out
     assert Board.objects.count() == 0
 
 
