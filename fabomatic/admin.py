@@ -1,0 +1,140 @@
+"""The portal shell: the admin site's branding and the helpers every admin page shares.
+
+Site-wide pieces only; each app's admin lives in its own ``admin.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
+from django.core.paginator import Paginator
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.dateparse import parse_date
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
+from django.utils.translation import gettext_lazy as _
+
+admin.site.site_header = "Fab-O-Matic"
+admin.site.site_title = "Fab-O-Matic"
+admin.site.index_title = _("FabLab machines")
+admin.site.site_url = None  # the portal is the whole site: no "View site" link
+admin.site.enable_nav_sidebar = True
+
+
+def format_hours(hours: float | None) -> str:
+    """Hours as h:mm (an hour meter reading), '-' for nothing."""
+    if hours is None:
+        return "-"
+    minutes = round(hours * 60)
+    return f"{minutes // 60}:{minutes % 60:02d}"
+
+
+def format_seconds(seconds: int | None) -> str:
+    return "-" if seconds is None else format_hours(seconds / 3600)
+
+
+def badge(text: str, kind: str = "ok", title: str = "") -> str:
+    """A small coloured label; ``kind`` is one of ok, warn, error, muted, info (see portal.css)."""
+    return format_html('<span class="fab-badge fab-badge-{}" title="{}">{}</span>', kind, title, text)
+
+
+REPLAY_ICON = (
+    '<svg class="fab-icon" viewBox="0 0 16 16" width="14" height="14" aria-hidden="true">'
+    '<path fill="currentColor" d="M8 3a5 5 0 1 1-4.9 6h1.6A3.5 3.5 0 1 0 8 4.5V7L4.5 3.8 8 .5z"/></svg>'
+)
+
+
+def replay_flag(replayed: bool) -> str:
+    """An icon with a tooltip for records a board sent late, from its offline buffer."""
+    if not replayed:
+        return ""
+    tip = _("Replayed: sent late by a board that was offline; the times are the board's own.")
+    return format_html(
+        '<span class="fab-replay" title="{}" aria-label="{}">{}</span>',
+        tip,
+        tip,
+        mark_safe(REPLAY_ICON),  # noqa: S308 - a constant
+    )
+
+
+class CappedPaginator(Paginator):
+    """Counts at most ``CAP`` rows: a COUNT(*) over a million uses costs more than the page itself.
+
+    Beyond the cap the changelist says "more than N" (see the pagination templates).
+    """
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        qs = self.object_list
+        if isinstance(qs, QuerySet):
+            return qs.order_by().values("pk")[: self.CAP + 1].count()
+        return len(qs)
+
+    @property
+    def capped(self) -> bool:
+        return self.count > self.CAP
+
+
+class DateRangeFilter(admin.FieldListFilter):
+    """From/to date inputs for a DateTimeField; both days inclusive, in the portal's time zone."""
+
+    template = "admin/fabomatic/date_range_filter.html"
+
+    def __init__(
+        self, field: Any, request: HttpRequest, params: dict, model: type[Model], model_admin: Any, field_path: str
+    ):
+        self.param_from = f"{field_path}__from"
+        self.param_to = f"{field_path}__to"
+        super().__init__(field, request, params, model, model_admin, field_path)
+        self.date_from = self._date(self.param_from)
+        self.date_to = self._date(self.param_to)
+
+    def _date(self, name: str) -> date | None:
+        value = self.used_parameters.get(name)
+        if isinstance(value, list):
+            value = value[-1] if value else None
+        try:
+            return parse_date(value) if value else None
+        except ValueError:
+            return None
+
+    def expected_parameters(self) -> list[str]:
+        return [self.param_from, self.param_to]
+
+    def has_output(self) -> bool:
+        return True
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        tz = timezone.get_current_timezone()
+        if self.date_from:
+            queryset = queryset.filter(**{f"{self.field_path}__gte": datetime.combine(self.date_from, time(), tz)})
+        if self.date_to:
+            end = datetime.combine(self.date_to + timedelta(days=1), time(), tz)
+            queryset = queryset.filter(**{f"{self.field_path}__lt": end})
+        return queryset
+
+    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:
+        keep = [
+            (key, value)
+            for key, values in changelist.params.items()
+            if key not in (self.param_from, self.param_to, "p")
+            for value in (values if isinstance(values, list) else [values])
+        ]
+        yield {
+            "param_from": self.param_from,
+            "param_to": self.param_to,
+            "value_from": self.date_from.isoformat() if self.date_from else "",
+            "value_to": self.date_to.isoformat() if self.date_to else "",
+            "hidden": keep,
+            "selected": bool(self.date_from or self.date_to),
+            "reset_url": changelist.get_query_string(remove=[self.param_from, self.param_to]),
+        }

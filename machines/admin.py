@@ -1,0 +1,682 @@
+"""Portal pages for machines, their types, plans, authorizations and history (uses, interventions).
+
+History is read-only: staff corrections (end an open use, fix its times, register a missed use, record maintenance)
+go through ``machines.services`` so the hour meter and the maintenance counters stay consistent.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
+from import_export.admin import ExportActionMixin
+
+from fabomatic.admin import CappedPaginator, DateRangeFilter, badge, format_hours, format_seconds, replay_flag
+from members.models import Member
+
+from . import charts, services
+from .forms import InterventionAddForm, UseAddForm, UseCorrectForm
+from .models import Authorization, Intervention, Machine, MachineType, MaintenancePlan, Use
+from .resources import InterventionResource, MachineResource, UseResource
+
+RECENT = 20
+
+
+def changelist_url(model: str, **params: Any) -> str:
+    return reverse(f"admin:machines_{model}_changelist") + ("?" + urlencode(params) if params else "")
+
+
+def plan_badge(plan: MaintenancePlan, machine_hours: float) -> str:
+    since = plan.hours_since(machine_hours)
+    text = f"{plan.lcd_message or plan.description[:16]}: {format_hours(since)} / {format_hours(plan.hours_between)}"
+    if plan.is_due(machine_hours):
+        return badge(text, "error", _("Overdue: %(description)s") % {"description": plan.description})
+    if since > 0.9 * plan.hours_between:
+        return badge(text, "warn", _("Due soon: %(description)s") % {"description": plan.description})
+    return badge(text, "ok", plan.description)
+
+
+# --- list filters ------------------------------------------------------------------------------
+
+
+class SelectFilter(admin.SimpleListFilter):
+    """A filter shown as a drop-down: lists of machines or members are too long for links."""
+
+    template = "admin/fabomatic/select_filter.html"
+    field = ""
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value and value.isdigit():
+            return queryset.filter(**{f"{self.field}_id": int(value)})
+        return queryset
+
+
+class MachineFilter(SelectFilter):
+    title = gettext_lazy("machine")
+    parameter_name = "machine__id__exact"  # the name Django's own related filter would use
+    field = "machine"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(str(pk), name) for pk, name in Machine.objects.order_by("name").values_list("pk", "name")]
+
+
+class MemberFilter(SelectFilter):
+    title = gettext_lazy("member")
+    parameter_name = "member__id__exact"
+    field = "member"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        members = Member.objects.filter(deleted_at__isnull=True)
+        if (self.value() or "").isdigit():  # keep an erased or anonymous member selectable once chosen
+            members = Member.objects.filter(Q(deleted_at__isnull=True) | Q(pk=int(self.value())))
+        return [(str(m.pk), str(m)) for m in members.only("pk", "first_name", "last_name", "email")]
+
+
+class UseStatusFilter(admin.SimpleListFilter):
+    title = gettext_lazy("status")
+    parameter_name = "open"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", _("In progress")), ("no", _("Ended"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Use]) -> QuerySet[Use]:
+        if self.value() == "yes":
+            return queryset.filter(ended_at__isnull=True)
+        if self.value() == "no":
+            return queryset.filter(ended_at__isnull=False)
+        return queryset
+
+
+class OnlineFilter(admin.SimpleListFilter):
+    title = gettext_lazy("board")
+    parameter_name = "online"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", _("Online")), ("no", _("Offline"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Machine]) -> QuerySet[Machine]:
+        recent = Q(last_seen__gte=timezone.now() - timedelta(seconds=settings.ONLINE_SECONDS))
+        if self.value() == "yes":
+            return queryset.filter(recent)
+        if self.value() == "no":
+            return queryset.exclude(recent)
+        return queryset
+
+
+def _due_plans() -> Q:
+    """Plan items past their interval (hour meter minus the meter at the last intervention)."""
+    return Q(hours_between__lt=OuterRef("hours") - F("done_at_hours"))
+
+
+class MaintenanceFilter(admin.SimpleListFilter):
+    title = gettext_lazy("maintenance")
+    parameter_name = "maintenance"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("due", _("Overdue")), ("ok", _("Up to date"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Machine]) -> QuerySet[Machine]:
+        due = Exists(MaintenancePlan.objects.filter(_due_plans(), machine=OuterRef("pk")))
+        if self.value() == "due":
+            return queryset.filter(due)
+        if self.value() == "ok":
+            return queryset.exclude(due)
+        return queryset
+
+
+class PlanDueFilter(admin.SimpleListFilter):
+    title = gettext_lazy("status")
+    parameter_name = "due"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", _("Overdue")), ("no", _("Up to date"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[MaintenancePlan]) -> QuerySet[MaintenancePlan]:
+        due = Q(hours_between__lt=F("machine__hours") - F("done_at_hours"))
+        if self.value() == "yes":
+            return queryset.filter(due)
+        if self.value() == "no":
+            return queryset.exclude(due)
+        return queryset
+
+
+# --- machine types --------------------------------------------------------------------------------
+
+
+@admin.register(MachineType)
+class MachineTypeAdmin(admin.ModelAdmin):
+    list_display = ["name", "logoff", "grace", "requires_authorization", "machine_count"]
+    search_fields = ["name"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[MachineType]:
+        return super().get_queryset(request).annotate(n_machines=Count("machines"))
+
+    @admin.display(description=gettext_lazy("auto-logoff"), ordering="logoff_minutes")
+    def logoff(self, mtype: MachineType) -> str:
+        return _("%(n)d min") % {"n": mtype.logoff_minutes} if mtype.logoff_minutes else _("off")
+
+    @admin.display(description=gettext_lazy("power-off grace"), ordering="grace_minutes")
+    def grace(self, mtype: MachineType) -> str:
+        return _("%(n)d min") % {"n": mtype.grace_minutes} if mtype.grace_minutes else _("none")
+
+    @admin.display(description=gettext_lazy("machines"), ordering="n_machines")
+    def machine_count(self, mtype: MachineType) -> str:
+        return format_html('<a href="{}">{}</a>', changelist_url("machine", type__id__exact=mtype.pk), mtype.n_machines)
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
+        mtype = self.get_object(request, object_id)
+        if mtype is not None:
+            count = mtype.machines.count()
+            if count:
+                self.message_user(
+                    request,
+                    ngettext(
+                        "The type “%(type)s” cannot be deleted: %(count)d machine is of this type. "
+                        "Change its type first.",
+                        "The type “%(type)s” cannot be deleted: %(count)d machines are of this type. "
+                        "Change their type first.",
+                        count,
+                    )
+                    % {"type": mtype, "count": count},
+                    messages.ERROR,
+                )
+                return HttpResponseRedirect(reverse("admin:machines_machinetype_change", args=[mtype.pk]))
+        return super().delete_view(request, object_id, extra_context)
+
+
+# --- machines -------------------------------------------------------------------------------------
+
+
+URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
+
+
+class MaintenancePlanInline(admin.TabularInline):
+    model = MaintenancePlan
+    formfield_overrides = URL_FIELDS
+    extra = 0
+    fields = ["description", "hours_between", "lcd_message", "instructions_url", "status", "record"]
+    readonly_fields = ["status", "record"]
+    verbose_name_plural = gettext_lazy("maintenance plan")
+
+    @admin.display(description=gettext_lazy("since last intervention"))
+    def status(self, plan: MaintenancePlan) -> str:
+        if plan.pk is None:
+            return "-"
+        return plan_badge(plan, plan.machine.hours)
+
+    @admin.display(description="")
+    def record(self, plan: MaintenancePlan) -> str:
+        if plan.pk is None:
+            return ""
+        return format_html(
+            '<button type="submit" class="button" formaction="{}" formmethod="post" formnovalidate '
+            'name="record" value="{}">{}</button>',
+            reverse("admin:machines_machine_record", args=[plan.machine_id, plan.pk]),
+            plan.pk,
+            _("Record intervention"),
+        )
+
+
+class MachineAuthorizationInline(admin.TabularInline):
+    model = Authorization
+    extra = 0
+    fields = ["member", "granted_at"]
+    readonly_fields = ["granted_at"]
+    autocomplete_fields = ["member"]
+    verbose_name_plural = gettext_lazy("authorized members")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Authorization]:
+        return super().get_queryset(request).select_related("member")
+
+
+def _board_inline() -> type[admin.StackedInline]:
+    from telemetry.models import Board
+
+    class BoardInline(admin.StackedInline):
+        model = Board
+        can_delete = False
+        extra = 0
+        max_num = 0
+        fields = ["serial", "ip_address", "firmware", "free_heap", "last_seen"]
+        readonly_fields = fields
+        verbose_name_plural = gettext_lazy("board (as it last announced itself)")
+
+        def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+            return False
+
+    return BoardInline
+
+
+@admin.register(Machine)
+class MachineAdmin(ExportActionMixin, admin.ModelAdmin):
+    resource_classes = [MachineResource]
+    show_change_form_export = False
+    change_form_template = "admin/machines/machine/change_form.html"
+    change_list_template = "admin/machines/machine/change_list.html"
+    list_display = [
+        "id",
+        "name",
+        "type",
+        "hour_meter",
+        "blocked",
+        "online",
+        "maintenance",
+        "last_seen",
+        "firmware",
+    ]
+    list_display_links = ["id", "name"]
+    list_filter = [OnlineFilter, MaintenanceFilter, "blocked", "type"]
+    list_select_related = ["type", "board"]
+    search_fields = ["name", "=id"]
+    inlines = [MaintenancePlanInline, MachineAuthorizationInline, _board_inline()]
+    fieldsets = [
+        (None, {"fields": ["id", "name", "type", "blocked"]}),
+        (
+            gettext_lazy("Hour meter"),
+            {
+                "fields": ["hours"],
+                "description": gettext_lazy(
+                    "Hours of closed use. Correct uses rather than the meter: the meter follows them."
+                ),
+                "classes": ["collapse"],
+            },
+        ),
+    ]
+    actions = ["block", "unblock", "export_admin_action", "delete_selected"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Machine]:
+        return super().get_queryset(request).prefetch_related("plans")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Machine | None = None) -> list[str]:
+        # The id is what the board is configured with: set once.
+        return ["id"] if obj is not None else []
+
+    @admin.display(description=gettext_lazy("hour meter"), ordering="hours")
+    def hour_meter(self, machine: Machine) -> str:
+        return format_hours(machine.hours)
+
+    @admin.display(description=gettext_lazy("online"), ordering="last_seen")
+    def online(self, machine: Machine) -> str:
+        if machine.is_online():
+            return badge(_("online"), "ok")
+        return badge(_("offline"), "muted")
+
+    @admin.display(description=gettext_lazy("maintenance"))
+    def maintenance(self, machine: Machine) -> str:
+        plans = list(machine.plans.all())
+        if not plans:
+            return "-"
+        return format_html_join(" ", "{}", ((plan_badge(p, machine.hours),) for p in plans))
+
+    @admin.display(description=gettext_lazy("firmware"), ordering="board__firmware")
+    def firmware(self, machine: Machine) -> str:
+        board = getattr(machine, "board", None)
+        return board.firmware if board and board.firmware else "-"
+
+    @admin.action(description=gettext_lazy("Block the selected machines"), permissions=["change"])
+    def block(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
+        n = queryset.update(blocked=True)
+        self.message_user(request, ngettext("%(n)d machine blocked.", "%(n)d machines blocked.", n) % {"n": n})
+
+    @admin.action(description=gettext_lazy("Unblock the selected machines"), permissions=["change"])
+    def unblock(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
+        n = queryset.update(blocked=False)
+        self.message_user(request, ngettext("%(n)d machine unblocked.", "%(n)d machines unblocked.", n) % {"n": n})
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list, dict, set, list]:
+        """Counts instead of Django's full list: a machine's history can hold a hundred thousand uses."""
+        machines = list(objs)
+        ids = [m.pk for m in machines]
+        counts = {
+            Use._meta.verbose_name_plural: Use.objects.filter(machine_id__in=ids).count(),
+            Intervention._meta.verbose_name_plural: Intervention.objects.filter(machine_id__in=ids).count(),
+            MaintenancePlan._meta.verbose_name_plural: MaintenancePlan.objects.filter(machine_id__in=ids).count(),
+            Authorization._meta.verbose_name_plural: Authorization.objects.filter(machine_id__in=ids).count(),
+        }
+        summary = [str(m) for m in machines] + [f"{name}: {n}" for name, n in counts.items() if n]
+        perms_needed = set() if self.has_delete_permission(request) else {self.opts.verbose_name}
+        return summary, {self.opts.verbose_name_plural: len(machines), **counts}, perms_needed, []
+
+    # --- pages ------------------------------------------------------------------------------------
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        extra_context = extra_context or {}
+        extra_context["weekly_chart"] = lambda: charts.machines_weeks_chart(
+            charts.weekly_hours_per_machine(12), title=_("Hours of use per machine, last 12 weeks")
+        )
+        return super().changelist_view(request, extra_context)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        extra_context = extra_context or {}
+        machine = self.get_object(request, object_id)
+        if machine is not None:
+            board = getattr(machine, "board", None)
+            extra_context.update(
+                machine_online=machine.is_online(),
+                board=board,
+                can_remote=self.has_change_permission(request, machine),
+                recent_uses=Use.objects.filter(machine=machine)
+                .select_related("member")
+                .order_by("-started_at")[:RECENT],
+                recent_interventions=Intervention.objects.filter(machine=machine)
+                .select_related("plan", "member")
+                .order_by("-performed_at")[:RECENT],
+                uses_url=changelist_url("use", machine__id__exact=machine.pk),
+                interventions_url=changelist_url("intervention", machine__id__exact=machine.pk),
+                weekly_chart=charts.bar_chart(
+                    charts.weekly_hours(Q(machine=machine)), title=_("Hours of use per week"), period=_("Week of")
+                ),
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_urls(self) -> list:
+        urls = [
+            path(
+                "<int:machine_id>/remote/<str:action>/",
+                self.admin_site.admin_view(self.remote_view),
+                name="machines_machine_remote",
+            ),
+            path(
+                "<int:machine_id>/plans/<int:plan_id>/record/",
+                self.admin_site.admin_view(self.record_view),
+                name="machines_machine_record",
+            ),
+        ]
+        return urls + super().get_urls()
+
+    def _machine_or_403(self, request: HttpRequest, machine_id: int) -> Machine:
+        machine = get_object_or_404(Machine, pk=machine_id)
+        if not self.has_change_permission(request, machine):
+            raise PermissionDenied
+        return machine
+
+    @staticmethod
+    def _back(machine: Machine) -> HttpResponseRedirect:
+        return HttpResponseRedirect(reverse("admin:machines_machine_change", args=[machine.pk]))
+
+    def remote_view(self, request: HttpRequest, machine_id: int, action: str) -> HttpResponse:
+        """Remote start/stop (POST with CSRF only): the board acts as if the staff member swiped their card."""
+        return _remote(self, request, machine_id, action)
+
+    def record_view(self, request: HttpRequest, machine_id: int, plan_id: int) -> HttpResponse:
+        return _record(self, request, machine_id, plan_id)
+
+
+def _remote(model_admin: MachineAdmin, request: HttpRequest, machine_id: int, action: str) -> HttpResponse:
+    from telemetry.remote import RemoteCommandError, send_remote_command
+
+    if request.method != "POST":  # a command with side effects is never a GET (the old portal's bug)
+        return HttpResponseNotAllowed(["POST"])
+    machine = model_admin._machine_or_403(request, machine_id)
+    if action not in ("start", "stop"):
+        raise PermissionDenied
+    try:
+        send_remote_command(machine, action, request.user)
+    except RemoteCommandError as exc:
+        model_admin.message_user(request, str(exc), messages.ERROR)
+    else:
+        text = (
+            _("Start sent to %(machine)s: the board logs you in as if you swiped your card.")
+            if action == "start"
+            else _("Stop sent to %(machine)s: the board logs its user out.")
+        )
+        model_admin.message_user(request, text % {"machine": machine}, messages.SUCCESS)
+    return model_admin._back(machine)
+
+
+def _record(model_admin: MachineAdmin, request: HttpRequest, machine_id: int, plan_id: int) -> HttpResponse:
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    machine = model_admin._machine_or_403(request, machine_id)
+    if not request.user.has_perm("machines.add_intervention"):
+        raise PermissionDenied
+    plan = get_object_or_404(MaintenancePlan, pk=plan_id, machine=machine)
+    services.record_interventions(machine=machine, member=request.user, plans=[plan])
+    model_admin.message_user(
+        request,
+        _("Intervention recorded: “%(plan)s”; its counter restarts from the current hour meter.")
+        % {"plan": plan.description},
+        messages.SUCCESS,
+    )
+    return model_admin._back(machine)
+
+
+# --- maintenance plans and authorizations ----------------------------------------------------------
+
+
+@admin.register(MaintenancePlan)
+class MaintenancePlanAdmin(admin.ModelAdmin):
+    formfield_overrides = URL_FIELDS
+    list_display = ["description", "machine", "lcd_message", "every", "since", "instructions"]
+    list_filter = [PlanDueFilter, MachineFilter]
+    list_select_related = ["machine"]
+    search_fields = ["description", "lcd_message", "machine__name"]
+    autocomplete_fields = ["machine"]
+    fields = ["machine", "description", "lcd_message", "hours_between", "instructions_url", "done_at_hours"]
+    readonly_fields = ["done_at_hours"]
+    actions = ["record_now"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[MaintenancePlan]:
+        return super().get_queryset(request).annotate(since_hours=F("machine__hours") - F("done_at_hours"))
+
+    @admin.display(description=gettext_lazy("every"), ordering="hours_between")
+    def every(self, plan: MaintenancePlan) -> str:
+        return format_hours(plan.hours_between)
+
+    @admin.display(description=gettext_lazy("since last intervention"), ordering="since_hours")
+    def since(self, plan: MaintenancePlan) -> str:
+        return plan_badge(plan, plan.machine.hours)
+
+    @admin.display(description=gettext_lazy("instructions"))
+    def instructions(self, plan: MaintenancePlan) -> str:
+        if not plan.instructions_url:
+            return "-"
+        return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', plan.instructions_url, _("open"))
+
+    @admin.action(description=gettext_lazy("Record an intervention now"), permissions=["change"])
+    def record_now(self, request: HttpRequest, queryset: QuerySet[MaintenancePlan]) -> None:
+        plans = list(queryset.select_related("machine"))
+        for machine_id in {p.machine_id for p in plans}:
+            items = [p for p in plans if p.machine_id == machine_id]
+            services.record_interventions(machine=items[0].machine, member=request.user, plans=items)
+        self.message_user(
+            request,
+            ngettext("%(n)d intervention recorded.", "%(n)d interventions recorded.", len(plans)) % {"n": len(plans)},
+            messages.SUCCESS,
+        )
+
+
+@admin.register(Authorization)
+class AuthorizationAdmin(admin.ModelAdmin):
+    list_display = ["member", "machine", "granted_at"]
+    list_filter = [MachineFilter, "member__role"]
+    list_select_related = ["member", "machine"]
+    search_fields = ["member__first_name", "member__last_name", "member__email", "machine__name"]
+    autocomplete_fields = ["member", "machine"]
+    fields = ["member", "machine", "granted_at"]
+    readonly_fields = ["granted_at"]
+
+
+# --- history: uses and interventions ---------------------------------------------------------------
+
+
+class HistoryAdmin(ExportActionMixin, admin.ModelAdmin):
+    """Big tables: no full COUNT(*), newest first on an indexed column, search through the small tables."""
+
+    paginator = CappedPaginator
+    show_full_result_count = False
+    list_per_page = 50
+    show_change_form_export = False
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        """Search the member and machine tables (small), then filter the history on their indexed ids."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        members = Member.objects.filter(
+            Q(first_name__icontains=term) | Q(last_name__icontains=term) | Q(email__icontains=term)
+        ).values("pk")
+        machines = Machine.objects.filter(name__icontains=term).values("pk")
+        return queryset.filter(Q(member_id__in=members) | Q(machine_id__in=machines)), False
+
+
+@admin.register(Use)
+class UseAdmin(HistoryAdmin):
+    resource_classes = [UseResource]
+    change_form_template = "admin/machines/use/change_form.html"
+    list_display = ["started", "member", "machine", "ended", "duration_hm", "last_seen"]
+    list_display_links = ["started"]
+    list_filter = [MachineFilter, MemberFilter, UseStatusFilter, ("started_at", DateRangeFilter), "replay"]
+    list_select_related = ["member", "machine"]
+    search_fields = ["member__first_name", "member__last_name", "member__email", "machine__name"]
+    search_help_text = gettext_lazy("Member or machine name")
+    ordering = ["-started_at"]
+    sortable_by = ["started"]
+    autocomplete_fields = ["member", "machine"]
+    actions = ["end_now", "export_admin_action", "delete_selected"]
+
+    @admin.display(description=gettext_lazy("started"), ordering="started_at")
+    def started(self, use: Use) -> str:
+        return format_html("{} {}", admin.utils.display_for_value(use.started_at, "-"), replay_flag(use.replay))
+
+    @admin.display(description=gettext_lazy("ended"))
+    def ended(self, use: Use) -> Any:
+        return use.ended_at or badge(_("in use"), "info")
+
+    @admin.display(description=gettext_lazy("duration"))
+    def duration_hm(self, use: Use) -> str:
+        if use.ended_at is None:
+            return format_hours((timezone.now() - use.started_at).total_seconds() / 3600) + "…"
+        return format_seconds(use.duration)
+
+    def get_form(self, request: HttpRequest, obj: Use | None = None, change: bool = False, **kwargs: Any) -> Any:
+        kwargs["form"] = UseCorrectForm if obj is not None else UseAddForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Use | None = None) -> list:
+        if obj is None:
+            return [(None, {"fields": ["member", "machine", "started_at", "ended_at"]})]
+        return [
+            (None, {"fields": ["member", "machine", "replay", "duration_hm", "last_seen"]}),
+            (
+                gettext_lazy("Correction"),
+                {
+                    "fields": ["started_at", "ended_at"],
+                    "description": gettext_lazy(
+                        "Fix the start or the end (or end a use left open): the machine's hour meter follows."
+                    ),
+                },
+            ),
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Use | None = None) -> list[str]:
+        return ["member", "machine", "replay", "duration_hm", "last_seen"] if obj is not None else []
+
+    def save_model(self, request: HttpRequest, obj: Use, form: Any, change: bool) -> None:
+        data = form.cleaned_data
+        if change:
+            services.correct_use(obj, started_at=data["started_at"], ended_at=data["ended_at"])
+        else:
+            use = services.register_use(
+                member=data["member"], machine=data["machine"], started_at=data["started_at"], ended_at=data["ended_at"]
+            )
+            obj.pk, obj.duration, obj.last_seen = use.pk, use.duration, use.last_seen
+            obj._state.adding = False
+
+    def delete_model(self, request: HttpRequest, obj: Use) -> None:
+        services.delete_use(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Use]) -> None:
+        for use in queryset:
+            services.delete_use(use)
+
+    @admin.action(description=gettext_lazy("End the selected uses now"), permissions=["change"])
+    def end_now(self, request: HttpRequest, queryset: QuerySet[Use]) -> None:
+        now = timezone.now()
+        ended = 0
+        for use in queryset.filter(ended_at__isnull=True):
+            services.close_use(use, ended_at=now)
+            ended += 1
+        if ended:
+            self.message_user(
+                request, ngettext("%(n)d use ended.", "%(n)d uses ended.", ended) % {"n": ended}, messages.SUCCESS
+            )
+        else:
+            self.message_user(request, _("None of the selected uses was in progress."), messages.WARNING)
+
+
+@admin.register(Intervention)
+class InterventionAdmin(HistoryAdmin):
+    resource_classes = [InterventionResource]
+    list_display = ["when", "plan_description", "machine", "member", "meter"]
+    list_display_links = ["when"]
+    list_filter = [MachineFilter, MemberFilter, ("performed_at", DateRangeFilter), "replay"]
+    list_select_related = ["plan", "machine", "member"]
+    search_fields = ["member__first_name", "member__last_name", "machine__name"]
+    search_help_text = gettext_lazy("Member or machine name")
+    ordering = ["-performed_at"]
+    sortable_by = ["when"]
+    autocomplete_fields = ["plan", "member"]
+    actions = ["export_admin_action", "delete_selected"]
+
+    @admin.display(description=gettext_lazy("when"), ordering="performed_at")
+    def when(self, intervention: Intervention) -> str:
+        return format_html(
+            "{} {}", admin.utils.display_for_value(intervention.performed_at, "-"), replay_flag(intervention.replay)
+        )
+
+    @admin.display(description=gettext_lazy("maintenance"), ordering="plan__description")
+    def plan_description(self, intervention: Intervention) -> str:
+        return intervention.plan.description
+
+    @admin.display(description=gettext_lazy("hour meter"), ordering="machine_hours")
+    def meter(self, intervention: Intervention) -> str:
+        return format_hours(intervention.machine_hours)
+
+    def get_form(self, request: HttpRequest, obj: Intervention | None = None, change: bool = False, **kwargs: Any):
+        if obj is None:
+            kwargs["form"] = InterventionAddForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: Intervention | None = None) -> list[str]:
+        if obj is None:
+            return ["plan", "member", "performed_at"]
+        return ["plan", "machine", "member", "performed_at", "machine_hours", "replay"]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        initial = super().get_changeform_initial_data(request)
+        initial.setdefault("member", request.user.pk)
+        initial.setdefault("performed_at", timezone.now())
+        return initial
+
+    def has_change_permission(self, request: HttpRequest, obj: Intervention | None = None) -> bool:
+        return False  # history: delete a wrong one and record it again
+
+    def save_model(self, request: HttpRequest, obj: Intervention, form: Any, change: bool) -> None:
+        data = form.cleaned_data
+        done = services.record_manual_intervention(plan=data["plan"], member=data["member"], when=data["performed_at"])
+        obj.pk, obj.machine_id, obj.machine_hours = done.pk, done.machine_id, done.machine_hours
+        obj._state.adding = False
+
+    def delete_model(self, request: HttpRequest, obj: Intervention) -> None:
+        services.delete_intervention(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Intervention]) -> None:
+        for intervention in queryset:
+            services.delete_intervention(intervention)

@@ -1,0 +1,84 @@
+"""Portal forms for members and their cards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from django import forms
+from django.contrib.auth.forms import PasswordResetForm, UserChangeForm
+from django.utils.translation import gettext_lazy as _
+
+from machines.models import Machine
+
+from .models import Card, Member, normalize_uid
+
+
+class CardForm(forms.ModelForm):
+    """A card row: the UID is stored as the board sends it (lower-case hex, no separators)."""
+
+    class Meta:
+        model = Card
+        fields = ["uid", "active"]
+        widgets = {"uid": forms.TextInput(attrs={"class": "fab-uid", "autocomplete": "off", "size": 16})}
+
+    def clean_uid(self) -> str:
+        return normalize_uid(self.cleaned_data.get("uid", ""))
+
+    def has_changed(self) -> bool:
+        # A row pre-filled from an unknown card must be saved even when the user does not touch it.
+        return super().has_changed() or (self.instance.pk is None and bool(self.initial.get("uid")))
+
+
+class MemberAddForm(forms.ModelForm):
+    """New member: card holders get no usable password; staff set theirs by e-mail or on the password page."""
+
+    class Meta:
+        model = Member
+        fields = ["first_name", "last_name", "email", "role", "disabled", "receive_weekly_summary", "is_staff"]
+
+    def save(self, commit: bool = True) -> Member:
+        member = super().save(commit=False)
+        member.set_unusable_password()
+        if commit:
+            member.save()
+            self.save_m2m()
+        return member
+
+
+class MemberChangeForm(UserChangeForm):
+    class Meta:
+        model = Member
+        fields = "__all__"
+
+
+class StaffPasswordResetForm(PasswordResetForm):
+    """Django's reset form, extended to staff who have never had a password (imported, or added by an admin).
+
+    Card holders without portal access still get nothing: they have no use for a password.
+    """
+
+    def get_users(self, email: str) -> Iterator[Member]:
+        members = Member.objects.filter(email__iexact=email, is_active=True, deleted_at__isnull=True)
+        return (m for m in members if m.has_usable_password() or m.is_staff)
+
+
+class BulkAuthorizationForm(forms.Form):
+    GRANT = "grant"
+    REVOKE = "revoke"
+
+    operation = forms.ChoiceField(
+        label=_("Operation"),
+        choices=[(GRANT, _("Grant access to these machines")), (REVOKE, _("Revoke access to these machines"))],
+        widget=forms.RadioSelect,
+        initial=GRANT,
+    )
+    machines = forms.ModelMultipleChoiceField(
+        label=_("Machines"),
+        queryset=Machine.objects.select_related("type").order_by("name"),
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["machines"].label_from_instance = lambda m: f"{m.name} ({m.type})"
