@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from members.forms import StaffPasswordResetForm
+from members.password_reset import RateLimitedPasswordResetView
 
 urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
@@ -11,8 +11,8 @@ urlpatterns = [
     # Password reset through Django's own flow (linked from the login page).
     path(
         "admin/password_reset/",
-        # Staff added in the portal or imported have no password yet: reset is how they set their first one.
-        auth_views.PasswordResetView.as_view(form_class=StaffPasswordResetForm),
+        # Staff without a password yet set their first one this way; rate-limited per e-mail and per IP.
+        RateLimitedPasswordResetView.as_view(),
         name="admin_password_reset",
     ),
     path("admin/password_reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
