@@ -1,0 +1,132 @@
+"""Real servers and a real headless Chromium for the browser tests (no browser download: Debian's chromium)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .services import ROOT, free_port, wait_for_port
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(os.environ.get("FABOMATIC_SCREENSHOTS", tempfile.gettempdir())) / "fabomatic-screenshots"
+
+
+def server_env(database: str, *, redis_url: str, broker_url: str = "mqtt://127.0.0.1:1") -> dict[str, str]:
+    """The environment of a daphne or bridge subprocess sharing the tests' file database and Redis."""
+    return {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "REDIS_URL": redis_url,
+        "MQTT_BROKER_URL": broker_url,
+        "SECRET_KEY": "browser-tests-insecure-key",
+        "DEBUG": "0",
+        "SECURE_SSL": "0",  # plain http on localhost: cookies must not be Secure
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "LOG_LEVEL": "WARNING",
+        "FABOMATIC_ENV_FILE": "/nonexistent",
+    }
+
+
+@dataclass
+class Process:
+    process: subprocess.Popen
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@dataclass
+class Daphne(Process):
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _spawn(args: list[str], env: dict[str, str], name: str) -> tuple[subprocess.Popen, Path]:
+    log = Path(tempfile.mkstemp(prefix=f"fabomatic-{name}-", suffix=".log")[1])
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return process, log
+
+
+@contextmanager
+def daphne(env: dict[str, str]) -> Iterator[Daphne]:
+    """The real ASGI server of the portal (HTTP + websockets) on a free port."""
+    port = free_port()
+    args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "fabomatic.asgi:application"]
+    process, log = _spawn(args, env, "daphne")
+    server = Daphne(process=process, log=log, port=port)
+    try:
+        wait_for_port(port, timeout=30)
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def bridge(env: dict[str, str]) -> Iterator[Process]:
+    """The real board bridge, ``manage.py mqtt_listen``."""
+    process, log = _spawn([sys.executable, "manage.py", "mqtt_listen"], env, "bridge")
+    running = Process(process=process, log=log)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@contextmanager
+def chromium() -> Iterator[object]:
+    """Playwright's Chromium driver on Debian's browser binary."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def log_in(page: object, base_url: str, email: str, password: str) -> None:
+    """Through the real login form, as a person would."""
+    page.goto(f"{base_url}/admin/login/?next=/admin/")
+    page.fill("#id_username", email)
+    page.fill("#id_password", password)
+    page.locator("#login-form [type=submit]").click()
+    page.wait_for_url(f"{base_url}/admin/")
+
+
+def screenshot(page: object, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
