@@ -1,0 +1,234 @@
+"""The portal's System page: versions, database, boards, bridge state, recent log lines, backup, board secrets.
+
+Hooked in fabomatic/urls.py under ``admin/system/`` through ``admin.site.admin_view`` (staff login required).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import queue
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from collections import deque
+from datetime import timedelta
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import django
+import paho.mqtt.client as mqtt
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.cache import cache as django_cache
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from machines.models import Machine
+
+from . import backup, credentials
+from .models import Board
+
+logger = logging.getLogger(__name__)
+
+STATS_CACHE_KEY = "fabomatic:system:bridge-stats"
+STATS_CACHE_SECONDS = 10
+STATS_WAIT_SECONDS = 1.5
+STALE_AFTER = timedelta(seconds=15)  # the bridge publishes every 5 s
+LOG_LINES = 100
+
+
+def _may_administer(request: HttpRequest) -> bool:
+    user = request.user
+    return bool(user.is_superuser or getattr(getattr(user, "role", None), "backend_admin", False))
+
+
+@cache
+def _versions_static() -> dict[str, str]:
+    try:
+        pyproject = tomllib.loads((Path(settings.BASE_DIR) / "pyproject.toml").read_text())
+        app = pyproject["project"]["version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        app = "?"
+    try:
+        paho = version("paho-mqtt")
+    except PackageNotFoundError:
+        paho = "?"
+    mosquitto = _("not installed here")
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if binary:
+        try:
+            out = subprocess.run([binary, "-h"], capture_output=True, text=True, timeout=2).stdout
+            mosquitto = out.splitlines()[0].replace("mosquitto version", "").strip() if out else "?"
+        except (OSError, subprocess.TimeoutExpired):
+            mosquitto = "?"
+    return {
+        "Fab-O-Matic": app,
+        "Python": platform.python_version(),
+        "Django": django.get_version(),
+        "paho-mqtt": paho,
+        "Mosquitto": mosquitto,
+        "Platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+    }
+
+
+def bridge_stats() -> list[dict[str, Any]]:
+    """The retained ``stats/<client id>`` messages of the bridges, from a short-lived subscription (cached 10 s)."""
+    cached = django_cache.get(STATS_CACHE_KEY)
+    if cached is not None:
+        return cached
+    conf = settings.MQTT
+    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    subscribed: queue.Queue[bool] = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="")
+    client.connect_timeout = STATS_WAIT_SECONDS
+    if conf.get("USERNAME"):
+        client.username_pw_set(conf["USERNAME"], conf.get("PASSWORD"))
+    if conf.get("TLS"):
+        client.tls_set(ca_certs=conf.get("TLS_CA"))
+
+    def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not reason.is_failure:
+            c.subscribe(f"{credentials.STATS_TOPIC}/#")
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *a: subscribed.put(True)
+    client.on_message = lambda c, u, m: received.put((m.topic, m.payload))
+    stats: list[dict[str, Any]] = []
+    error = None
+    try:
+        client.connect(conf["HOST"], conf["PORT"], keepalive=10)
+        client.loop_start()
+        try:
+            subscribed.get(timeout=STATS_WAIT_SECONDS)
+            # Retained messages follow the SUBACK at once; a short grace collects them all.
+            while True:
+                topic, payload = received.get(timeout=0.3)
+                try:
+                    data = json.loads(payload)
+                except ValueError:
+                    continue
+                if isinstance(data, dict):
+                    stats.append({"topic": topic, **data})
+        except queue.Empty:
+            pass
+        finally:
+            client.disconnect()
+            client.loop_stop()
+    except OSError as exc:
+        error = str(exc)
+    now = timezone.now()
+    for item in stats:
+        when = parse_datetime(str(item.get("Time", "")))
+        item["stale"] = when is None or now - when > STALE_AFTER
+        item["time"] = when
+        item["host"], item["ip"] = item.get("Backend host", ""), item.get("Backend IP", "")
+    if error is not None:
+        stats = [{"topic": "", "error": error}]
+    django_cache.set(STATS_CACHE_KEY, stats, STATS_CACHE_SECONDS)
+    return stats
+
+
+def log_dir() -> Path:
+    return Path(getattr(settings, "LOG_DIR", "") or Path(settings.DATA_DIR) / "log")
+
+
+def recent_log_lines(limit: int = LOG_LINES) -> list[tuple[str, str]]:
+    """The last lines of each process's log file in LOG_DIR (one file per process, see settings.LOGGING)."""
+    out = []
+    directory = log_dir()
+    if not directory.is_dir():
+        return []
+    for path in sorted(directory.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)[:4]:
+        try:
+            with path.open(encoding="utf-8", errors="replace") as f:
+                lines = deque(f, maxlen=limit)
+        except OSError:
+            continue
+        out.append((path.name, "".join(lines)))
+    return out
+
+
+def system_view(request: HttpRequest) -> HttpResponse:
+    if not request.user.has_perm("telemetry.view_board"):
+        raise PermissionDenied
+    boards = list(Board.objects.select_related("machine").order_by("machine_id"))
+    online_after = timezone.now() - timedelta(seconds=settings.ONLINE_SECONDS)
+    for board in boards:
+        board.online = board.last_seen is not None and board.last_seen >= online_after
+    machines = list(Machine.objects.select_related("board_credential").order_by("pk"))
+    context = {
+        **admin.site.each_context(request),
+        "title": _("System"),
+        "versions": _versions_static(),
+        "database": {
+            "vendor": django.db.connection.vendor,
+            "name": settings.DATABASES["default"]["NAME"],
+            "size": backup.database_size(),
+            "backup_available": backup.is_sqlite() or backup.pg_dump_available(),
+        },
+        "boards": boards,
+        "machines": machines,
+        "bridges": bridge_stats(),
+        "broker": f"{settings.MQTT['HOST']}:{settings.MQTT['PORT']}",
+        "logs": recent_log_lines(),
+        "may_administer": _may_administer(request),
+        "now": timezone.now(),
+    }
+    return TemplateResponse(request, "admin/system.html", context)
+
+
+def backup_view(request: HttpRequest) -> HttpResponse:
+    """Download a consistent copy of the database (administrators only: it holds everyone's data)."""
+    if not _may_administer(request):
+        raise PermissionDenied
+    stamp = timezone.localtime().strftime("%Y%m%d-%H%M%S")
+    if backup.is_sqlite():
+        tmp = tempfile.NamedTemporaryFile(prefix="fabomatic-backup-", suffix=".sqlite3", delete=False)  # noqa: SIM115
+        tmp.close()
+        path = Path(tmp.name)
+        try:
+            backup.sqlite_backup(path)
+            handle = path.open("rb")
+        finally:
+            path.unlink(missing_ok=True)  # the open handle keeps the data until the response is sent
+        logger.info("Database backup downloaded by member #%s", request.user.pk)
+        return FileResponse(handle, as_attachment=True, filename=f"fabomatic-{stamp}.sqlite3")
+    if backup.pg_dump_available():
+        response = StreamingHttpResponse(backup.pg_dump_stream(), content_type="application/octet-stream")
+        response["Content-Disposition"] = f'attachment; filename="fabomatic-{stamp}.pgdump"'
+        return response
+    messages.error(request, _("pg_dump is not installed on the server: install postgresql-client."))
+    return redirect("fabomatic_system")
+
+
+@require_POST
+def credentials_view(request: HttpRequest, machine_id: int) -> HttpResponse:
+    """Issue a new MQTT secret for one machine's board and show it once."""
+    if not _may_administer(request):
+        raise PermissionDenied
+    machine = get_object_or_404(Machine, pk=machine_id)
+    issued = credentials.issue(machine)
+    try:
+        credentials.write_files()
+        written = True
+    except OSError:
+        logger.exception("Could not write the Mosquitto password and ACL files")
+        written = False
+    context = {
+        **admin.site.each_context(request),
+        "title": _("Board credentials"),
+        "issued": [issued],
+        "files_written": written,
+    }
+    return TemplateResponse(request, "admin/board_credentials.html", context)

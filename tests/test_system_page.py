@@ -1,0 +1,116 @@
+"""The portal's System page and its database backup download."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from django.core.cache import cache
+from django.test import Client
+from django.utils import timezone
+
+from members.models import Member, Role
+from telemetry.models import Board, BoardCredential
+
+from .conftest import Lab
+from .services import Broker
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def boss(lab: Lab) -> Member:
+    return Member.objects.create_user(
+        email="boss@lab.test",
+        first_name="Boss",
+        role=Role.objects.create(name="BACKEND", backend_admin=True),
+        is_staff=True,
+    )
+
+
+@pytest.fixture
+def stats_broker(broker: Broker, settings: object) -> Broker:
+    settings.MQTT = {**settings.MQTT, "HOST": "127.0.0.1", "PORT": broker.port, "USERNAME": None, "TLS": False}
+    cache.clear()
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    payload = {
+        "Connected": True,
+        "Backend host": "fabpi",
+        "Backend IP": "192.168.1.10",
+        "Received": 1234,
+        "Sent": 1100,
+        "Queue": 0,
+        "Time": timezone.now().isoformat(),
+    }
+    publisher.publish("stats/test-bridge-system", json.dumps(payload), qos=1, retain=True).wait_for_publish(5)
+    yield broker
+    publisher.publish("stats/test-bridge-system", b"", qos=1, retain=True).wait_for_publish(5)  # clear retained
+    publisher.disconnect()
+    publisher.loop_stop()
+
+
+def test_the_system_page_shows_versions_boards_and_the_bridge(
+    client: Client, lab: Lab, boss: Member, stats_broker: Broker, settings: object, tmp_path: Path
+) -> None:
+    Board.objects.create(
+        machine=lab.laser, serial="A1B2C3", ip_address="192.168.1.51", firmware="1.2.3", free_heap=123456
+    )
+    settings.LOG_DIR = str(tmp_path)
+    (tmp_path / "mqtt_listen.log").write_text("old line\n" * 500 + "2026-01-01 INFO telemetry: last line\n")
+    client.force_login(boss)
+
+    page = client.get("/admin/system/").content.decode()
+
+    for text in ("Django", "Python", "paho-mqtt", "LASER 1", "A1B2C3", "192.168.1.51", "1.2.3", "fabpi", "1234"):
+        assert text in page, text
+    assert "last line" in page and page.count("old line") < 200
+    assert "board-1" in page and "/admin/system/backup/" in page
+
+
+@pytest.mark.django_db(transaction=True)  # the backup reads the file through its own connection
+def test_the_backup_download_is_a_valid_sqlite_database(client: Client, lab: Lab, boss: Member, tmp_path: Path) -> None:
+    client.force_login(boss)
+    response = client.get("/admin/system/backup/")
+
+    assert response.status_code == 200
+    assert "attachment" in response["Content-Disposition"] and ".sqlite3" in response["Content-Disposition"]
+    data = b"".join(response.streaming_content)
+    assert data.startswith(b"SQLite format 3\x00")
+    path = tmp_path / "backup.sqlite3"
+    path.write_bytes(data)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        names = {row[0] for row in db.execute("SELECT name FROM machines_machine")}
+    assert names == {"LASER 1", "PRINTER 1"}
+
+
+def test_only_administrators_download_backups_or_issue_secrets(client: Client, lab: Lab) -> None:
+    viewer = Member.objects.create_user(
+        email="viewer@lab.test", first_name="V", role=Role.objects.get(name="STAFF"), is_staff=True
+    )
+    client.force_login(viewer)
+    assert client.get("/admin/system/").status_code == 200
+    assert client.get("/admin/system/backup/").status_code == 403
+    assert client.post(f"/admin/system/credentials/{lab.laser.pk}/").status_code == 403
+    assert not BoardCredential.objects.exists()
+
+
+def test_an_administrator_issues_a_board_secret_shown_once(
+    client: Client, lab: Lab, boss: Member, settings: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOSQUITTO_PASSWORD_FILE", str(tmp_path / "passwd"))
+    monkeypatch.setenv("MOSQUITTO_ACL_FILE", str(tmp_path / "acl"))
+    client.force_login(boss)
+
+    page = client.post(f"/admin/system/credentials/{lab.laser.pk}/").content.decode()
+
+    assert "board-1" in page
+    credential = BoardCredential.objects.get(machine=lab.laser)
+    assert f"board-1:{credential.password_hash}" in (tmp_path / "passwd").read_text()
+    assert "topic write machine/1" in (tmp_path / "acl").read_text()
+    assert client.get("/admin/system/").content.decode().count(credential.password_hash) == 0
