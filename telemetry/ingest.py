@@ -127,12 +127,19 @@ def _process(machine_id: int, request: p.Request, now: datetime) -> Outcome:
 
 def _touch(machine_id: int, now: datetime) -> bool | None:
     """Mark the machine heard from now. Returns None for an unknown machine, True if it was offline before."""
-    online_since = now - timedelta(seconds=settings.ONLINE_SECONDS)
-    if Machine.objects.filter(pk=machine_id, last_seen__gte=online_since).update(last_seen=now):
-        return False
-    if Machine.objects.filter(pk=machine_id).update(last_seen=now):
-        return True
-    return None
+    # Raw SQL: this runs for every message, and the ORM's query compilation would cost more than the UPDATE.
+    ops = connection.ops
+    table = Machine._meta.db_table
+    stamp = ops.adapt_datetimefield_value(now)
+    since = ops.adapt_datetimefield_value(now - timedelta(seconds=settings.ONLINE_SECONDS))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET last_seen = %s WHERE id = %s AND last_seen >= %s", [stamp, machine_id, since]
+        )
+        if cursor.rowcount:
+            return False
+        cursor.execute(f"UPDATE {table} SET last_seen = %s WHERE id = %s", [stamp, machine_id])
+        return True if cursor.rowcount else None
 
 
 def _machine(machine_id: int) -> Machine:
@@ -143,12 +150,13 @@ def _card_member(uid: str) -> Member | None:
     """The member holding this active card, with the role loaded."""
     if uid == p.NO_CARD:
         return None
-    card = Card.objects.select_related("member__role").filter(uid=uid, active=True).first()
-    return card.member if card else None
+    cards = Card.objects.select_related("member__role").filter(uid=uid, active=True).order_by()[:1]
+    return cards[0].member if cards else None
 
 
 def _open_use(machine_id: int) -> Use | None:
-    return Use.objects.filter(machine_id=machine_id, ended_at__isnull=True).first()
+    found = Use.objects.filter(machine_id=machine_id, ended_at__isnull=True).order_by()[:1]
+    return found[0] if found else None
 
 
 # --- Handlers ------------------------------------------------------------------------------
