@@ -233,14 +233,32 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # --- Logging --------------------------------------------------------------------------------
+# Besides the console (journald), each long-running process keeps a small rotating file in LOG_DIR, one per
+# process (web, mqtt_listen, purge, ...), so no two processes ever rotate the same file; the System page shows
+# their last lines. LOG_DIR= (empty) turns the files off; tests never write them.
+LOG_DIR = env.str("LOG_DIR", default=str(DATA_DIR / "log"))
+_argv = [os.path.basename(a) for a in __import__("sys").argv[:2]]
+_process = _argv[1] if _argv and _argv[0] == "manage.py" and len(_argv) > 1 else "web"
+_log_handlers = ["console"]
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": "WARNING"},
+    "root": {"handlers": _log_handlers, "level": "WARNING"},
     "loggers": {
-        app: {"handlers": ["console"], "level": env("LOG_LEVEL"), "propagate": False}
+        app: {"handlers": _log_handlers, "level": env("LOG_LEVEL"), "propagate": False}
         for app in ("fabomatic", "members", "machines", "telemetry")
     },
 }
+if LOG_DIR and "pytest" not in __import__("sys").modules and _process not in ("test", "shell", "check"):
+    Path(LOG_DIR).mkdir(parents=True, exist_ok=True)
+    LOGGING["handlers"]["file"] = {
+        "class": "logging.handlers.RotatingFileHandler",
+        "formatter": "plain",
+        "filename": str(Path(LOG_DIR) / f"{_process}.log"),
+        "maxBytes": 1_000_000,
+        "backupCount": 1,
+        "encoding": "utf-8",
+    }
+    _log_handlers.append("file")
