@@ -22,9 +22,16 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
-from import_export.admin import ExportActionMixin
 
-from fabomatic.admin import CappedPaginator, DateRangeFilter, badge, format_hours, format_seconds, replay_flag
+from fabomatic.admin import (
+    CappedPaginator,
+    DateRangeFilter,
+    ExcelExportMixin,
+    badge,
+    format_hours,
+    format_seconds,
+    replay_flag,
+)
 from members.models import Member
 
 from . import charts, services
@@ -262,7 +269,7 @@ def _board_inline() -> type[admin.StackedInline]:
 
 
 @admin.register(Machine)
-class MachineAdmin(ExportActionMixin, admin.ModelAdmin):
+class MachineAdmin(ExcelExportMixin, admin.ModelAdmin):
     resource_classes = [MachineResource]
     show_change_form_export = False
     change_form_template = "admin/machines/machine/change_form.html"
@@ -443,8 +450,9 @@ def _remote(model_admin: MachineAdmin, request: HttpRequest, machine_id: int, ac
 def _record(model_admin: MachineAdmin, request: HttpRequest, machine_id: int, plan_id: int) -> HttpResponse:
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
-    machine = model_admin._machine_or_403(request, machine_id)
-    if not request.user.has_perm("machines.add_intervention"):
+    machine = get_object_or_404(Machine, pk=machine_id)
+    # Maintainers may record interventions without the right to change the machine itself.
+    if not (model_admin.has_view_permission(request, machine) and request.user.has_perm("machines.add_intervention")):
         raise PermissionDenied
     plan = get_object_or_404(MaintenancePlan, pk=plan_id, machine=machine)
     services.record_interventions(machine=machine, member=request.user, plans=[plan])
@@ -516,7 +524,7 @@ class AuthorizationAdmin(admin.ModelAdmin):
 # --- history: uses and interventions ---------------------------------------------------------------
 
 
-class HistoryAdmin(ExportActionMixin, admin.ModelAdmin):
+class HistoryAdmin(ExcelExportMixin, admin.ModelAdmin):
     """Big tables: no full COUNT(*), newest first on an indexed column, search through the small tables."""
 
     paginator = CappedPaginator

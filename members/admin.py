@@ -15,9 +15,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
-from import_export.admin import ExportActionMixin
 
-from fabomatic.admin import badge, format_seconds
+from fabomatic.admin import ExcelExportMixin, badge, format_seconds
 from machines import charts
 from machines.models import Authorization, Use
 
@@ -185,7 +184,7 @@ def _seconds_of(member_ref: OuterRef) -> Subquery:
 
 
 @admin.register(Member)
-class MemberAdmin(ExportActionMixin, UserAdmin):
+class MemberAdmin(ExcelExportMixin, UserAdmin):
     form = MemberChangeForm
     add_form = MemberAddForm
     add_form_template = None  # our change_form.html serves both
