@@ -19,6 +19,12 @@ from .conftest import Lab
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings) -> None:
+    """admin_client's password would otherwise cost a full PBKDF2 run per test."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def export(client: Client, model: str, query: str = "") -> list[tuple]:
     """Drive the export page like a browser: GET the form (with the list's filters), POST it back ticked."""
     url = reverse(f"admin:{model}_export") + query

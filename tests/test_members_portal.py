@@ -19,6 +19,13 @@ from .factories import MachineFactory
 
 pytestmark = pytest.mark.django_db
 
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings) -> None:
+    """admin_client's password would otherwise cost a full PBKDF2 run per test."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 ADD = reverse("admin:members_member_add")
 CHANGELIST = reverse("admin:members_member_changelist")
 
