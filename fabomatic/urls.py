@@ -4,6 +4,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from members.password_reset import RateLimitedPasswordResetView
+from members.views import member_report_view
 from telemetry import system
 
 urlpatterns = [
@@ -26,6 +27,12 @@ urlpatterns = [
         "admin/system/credentials/<int:machine_id>/",
         admin.site.admin_view(system.credentials_view),
         name="fabomatic_board_credentials",
+    ),
+    # GDPR right of access: one page with everything held about a member.
+    path(
+        "admin/members/member/<int:member_id>/report/",
+        admin.site.admin_view(member_report_view),
+        name="fabomatic_member_report",
     ),
     path("admin/", admin.site.urls),
 ]
