@@ -113,12 +113,15 @@ def connect(broker: SecureBroker, clients: list[Client], username: str, password
     return client
 
 
-def test_it_writes_one_account_per_machine_and_prints_each_secret_once(secure_broker: SecureBroker) -> None:
+def test_it_writes_one_account_per_machine_and_prints_each_secret_once(secure_broker: SecureBroker, tmp_path) -> None:
     assert set(secure_broker.secrets) == {"board-1", "board-2"}
     assert BoardCredential.objects.count() == 2
     assert all(c.password_hash.startswith("$7$101$") for c in BoardCredential.objects.all())
     out = StringIO()
-    call_command("mosquitto_credentials", "--password-file", "/dev/null", "--acl-file", "/dev/null", stdout=out)
+    # Real files: the command replaces its targets atomically (as root, /dev/null would be replaced too).
+    passwords, acl = tmp_path / "passwords", tmp_path / "acl"
+    call_command("mosquitto_credentials", "--password-file", str(passwords), "--acl-file", str(acl), stdout=out)
+    assert "board-1:$7$101$" in passwords.read_text() and "topic write machine/1" in acl.read_text()
     assert "board-" not in out.getvalue().split("Wrote")[0]  # existing secrets are never shown again
 
 
