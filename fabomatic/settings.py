@@ -80,6 +80,20 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
+# The board bridge (manage.py mqtt_listen sets FABOMATIC_PROCESS=bridge) needs only the models: without the portal's
+# apps (daphne/twisted, admin, import_export, axes...) it stays under 80 MB RSS, small enough for a Raspberry Pi.
+FABOMATIC_PROCESS = os.environ.get("FABOMATIC_PROCESS", "")
+if FABOMATIC_PROCESS == "bridge":
+    INSTALLED_APPS = [
+        "django.contrib.auth",
+        "django.contrib.contenttypes",
+        "channels",
+        "members",
+        "machines",
+        "telemetry",
+    ]
+    MIDDLEWARE = []
+
 ROOT_URLCONF = "fabomatic.urls"
 WSGI_APPLICATION = "fabomatic.wsgi.application"
 ASGI_APPLICATION = "fabomatic.asgi.application"
@@ -131,6 +145,8 @@ AUTHENTICATION_BACKENDS = [
     # Portal permissions from the member's role (backend admin / maintenance / view only).
     "members.backends.RoleBackend",
 ]
+if FABOMATIC_PROCESS == "bridge":
+    AUTHENTICATION_BACKENDS = AUTHENTICATION_BACKENDS[1:]  # no axes in the bridge
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -213,10 +229,11 @@ DEFAULT_ADMIN_EMAIL = env("DEFAULT_ADMIN_EMAIL")
 IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = True
 IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"
 # Excel only: no CSV (formula-injection prone, encoding trouble) and no format list to choose from.
-from import_export.formats.base_formats import XLSX  # noqa: E402 - settings only read at request time
+if FABOMATIC_PROCESS != "bridge":  # the bridge does not load import_export (and its tablib/openpyxl)
+    from import_export.formats.base_formats import XLSX  # noqa: E402 - settings only read at request time
 
-IMPORT_EXPORT_FORMATS = [XLSX]
-EXPORT_FORMATS = [XLSX]
+    IMPORT_EXPORT_FORMATS = [XLSX]
+    EXPORT_FORMATS = [XLSX]
 
 # --- Security -------------------------------------------------------------------------------
 # The portal is served over HTTPS (daphne with TLS on 23336, or behind a reverse proxy).
