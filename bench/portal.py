@@ -1,0 +1,369 @@
+"""Benchmark: the portal's live dashboard and uses list on a big history, and board-event-to-browser latency.
+
+    .venv/bin/python -m bench.portal [--uses 1000000] [--machines 100] [--events 200] [--sockets 500]
+
+1. Builds a throwaway SQLite database with 100 machines (boards, two maintenance items each, 30 in use)
+   and 1,000,000 closed uses (raw executemany), then, in a fresh Django process, times the admin index
+   (the dashboard; target < 150 ms) and the uses list (target < 300 ms) with the test client.
+2. Starts the real stack on free ports: Mosquitto, Redis, daphne (the portal) and ``manage.py mqtt_listen``
+   (the bridge), on that same database. A simulated board publishes startuse/stopuse; a websocket client
+   logged in with a staff session cookie times each event until its tile arrives (target p99 < 500 ms).
+3. Opens 500 dashboard sockets on daphne at once and sends board events: every socket must get every event
+   (the classic RedisChannelLayer ran out of pooled connections at ~200 sockets; the pub/sub layer keeps
+   one Redis connection per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STAFF_EMAIL = "bench@lab.test"
+CARD = "be000001"
+BOARD_ID = 1
+
+POPULATE = r"""
+import random, sys, time
+from datetime import timedelta
+import django
+django.setup()
+from django.db import connection, transaction
+from django.utils import timezone
+from machines.models import Machine, MachineType, MaintenancePlan, Use
+from members.models import Card, Member, Role
+from telemetry.models import Board
+
+n_uses, n_machines, n_members = int(sys.argv[1]), int(sys.argv[2]), 1000
+rng = random.Random(42)
+now = timezone.now()
+t0 = time.perf_counter()
+with transaction.atomic():
+    kind = MachineType.objects.create(name="Bench", requires_authorization=False)
+    machines = Machine.objects.bulk_create(
+        Machine(id=i, name=f"MACHINE {i:03d}", type=kind, hours=rng.uniform(0, 300),
+                last_seen=now - timedelta(seconds=rng.choice([5, 30, 600])), blocked=(i % 23 == 0))
+        for i in range(1, n_machines + 1)
+    )
+    MaintenancePlan.objects.bulk_create(
+        MaintenancePlan(machine=m, hours_between=h, description=f"Item every {h} h", lcd_message=f"every {h}h",
+                        done_at_hours=max(0.0, m.hours - rng.uniform(0, 2 * h)))
+        for m in machines for h in (50, 200)
+    )
+    Board.objects.bulk_create(
+        Board(machine=m, serial=f"{m.pk:012x}", ip_address=f"10.0.0.{m.pk % 250 + 1}", firmware="bench,v1.0.4")
+        for m in machines
+    )
+    role = Role.objects.create(name="Bench users")
+    members = Member.objects.bulk_create(
+        Member(first_name=f"Member{i}", last_name="Bench", email=f"m{i}@bench.test", role=role, password="!")
+        for i in range(n_members)
+    )
+    Card.objects.create(uid=sys.argv[3], member=members[0])
+    # The board's machine has nothing due, so a stop shows FREE.
+    MaintenancePlan.objects.filter(machine_id=1).update(done_at_hours=machines[0].hours)
+    Member.objects.create_superuser(email=sys.argv[4], password="bench-password", first_name="Bench")
+
+    table = Use._meta.db_table
+    cols = "member_id, machine_id, started_at, ended_at, last_seen, duration, replay"
+    sql = f"INSERT INTO {table} ({cols}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    start = now - timedelta(days=3 * 365)
+    span = int((now - start).total_seconds()) - 86400
+    member_ids = [m.pk for m in members[1:]]
+    batch = []
+    with connection.cursor() as cursor:
+        for i in range(n_uses):
+            began = start + timedelta(seconds=rng.randrange(span))
+            duration = rng.randrange(60, 4 * 3600)
+            ended = began + timedelta(seconds=duration)
+            b, e = began.strftime("%Y-%m-%d %H:%M:%S.%f"), ended.strftime("%Y-%m-%d %H:%M:%S.%f")
+            batch.append((rng.choice(member_ids), rng.randrange(1, n_machines + 1), b, e, e, duration, i % 50 == 0))
+            if len(batch) == 50_000:
+                cursor.executemany(sql, batch)
+                batch = []
+        if batch:
+            cursor.executemany(sql, batch)
+    # 30 machines in use now (not the board's machine, which the latency test drives).
+    Use.objects.bulk_create(
+        Use(member_id=member_ids[i], machine_id=m.pk, started_at=now - timedelta(minutes=i + 1), last_seen=now)
+        for i, m in enumerate(machines[1:31])
+    )
+with connection.cursor() as cursor:
+    cursor.execute("ANALYZE")
+print(f"populated: {Use.objects.count():,} uses, {n_machines} machines in {time.perf_counter() - t0:.1f} s",
+      file=sys.stderr)
+"""
+
+MEASURE = r"""
+import json, statistics, sys, time
+import django
+django.setup()
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from fabomatic.dashboard import dashboard_tiles
+from members.models import Member
+
+client = Client()
+client.force_login(Member.objects.get(email=sys.argv[1]))
+
+
+def timed(url, runs):
+    for _ in range(3):
+        assert client.get(url).status_code == 200, url
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        response = client.get(url)
+        times.append((time.perf_counter() - t) * 1000)
+        assert response.status_code == 200, url
+    with CaptureQueriesContext(connection) as q:
+        client.get(url)
+    return {"median_ms": statistics.median(times), "max_ms": max(times), "queries": len(q.captured_queries),
+            "bytes": len(response.content)}
+
+
+tiles = []
+for _ in range(20):
+    t = time.perf_counter()
+    dashboard_tiles()
+    tiles.append((time.perf_counter() - t) * 1000)
+result = {
+    "tiles_only": {"median_ms": statistics.median(tiles)},
+    "dashboard": timed("/admin/", 30),
+    "uses_list": timed("/admin/machines/use/", 15),
+    "uses_list_filtered": timed("/admin/machines/use/?machine__id__exact=7", 15),
+    "session": client.cookies["sessionid"].value,
+}
+print(json.dumps(result))
+"""
+
+
+def _env(data_dir: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        FABOMATIC_DATA_DIR=data_dir,
+        FABOMATIC_ENV_FILE="/nonexistent",
+        DJANGO_SETTINGS_MODULE="fabomatic.settings",
+        SECRET_KEY="bench-only-insecure-key",
+        DEBUG="0",
+        SECURE_SSL="0",
+        REDIS_URL="",
+        LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+    )
+    env.pop("DATABASE_URL", None)
+    return env
+
+
+def _python(code: str, *args: str, env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE, text=True
+    )
+    return done.stdout
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+# --- live part -------------------------------------------------------------------------------
+
+
+async def _next_update(ws: Any, machine_id: int, state: str, timeout: float = 5.0) -> float:
+    """perf_counter() when this socket got the tile of ``machine_id`` in ``state``."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        raw = await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.perf_counter()))
+        at = time.perf_counter()
+        msg = json.loads(raw)
+        if msg.get("type") == "machine.update" and msg["tile"]["id"] == machine_id and msg["tile"]["state"] == state:
+            return at
+
+
+def _drain(board: Any) -> None:
+    while True:
+        try:
+            board.replies.get_nowait()
+        except queue.Empty:
+            return
+
+
+async def _latency(url: str, headers: dict[str, str], board: Any, events: int) -> list[float]:
+    import websockets
+
+    latencies = []
+    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+        assert json.loads(await ws.recv())["type"] == "snapshot"
+        for i in range(events):
+            starting = i % 2 == 0
+            payload = (
+                {"action": "startuse", "uid": CARD} if starting else {"action": "stopuse", "uid": CARD, "duration": 1}
+            )
+            t0 = time.perf_counter()
+            board.send(payload)
+            try:
+                at = await _next_update(ws, BOARD_ID, "in_use" if starting else "free")
+                latencies.append((at - t0) * 1000)
+            except TimeoutError:
+                latencies.append(float("inf"))
+            _drain(board)
+            await asyncio.sleep(0.02)
+    return latencies
+
+
+async def _many(url: str, headers: dict[str, str], board: Any, sockets: int, rounds: int) -> dict[str, Any]:
+    import websockets
+
+    t0 = time.perf_counter()
+    opened: list[Any] = []
+
+    async def open_one() -> None:
+        ws = await websockets.connect(url, additional_headers=headers, max_size=None, open_timeout=60)
+        assert json.loads(await asyncio.wait_for(ws.recv(), 120))["type"] == "snapshot"
+        opened.append(ws)
+
+    for start in range(0, sockets, 50):  # 50 at a time, as browsers opening the page would
+        await asyncio.gather(*(open_one() for _ in range(min(50, sockets - start))))
+    open_s = time.perf_counter() - t0
+    results = []
+    try:
+        for i in range(rounds):
+            starting = i % 2 == 0
+            state = "in_use" if starting else "free"
+            payload = (
+                {"action": "startuse", "uid": CARD} if starting else {"action": "stopuse", "uid": CARD, "duration": 1}
+            )
+            t = time.perf_counter()
+            board.send(payload)
+            got = await asyncio.gather(
+                *(_next_update(ws, BOARD_ID, state, 20) for ws in opened), return_exceptions=True
+            )
+            arrived = [(g - t) * 1000 for g in got if isinstance(g, float)]
+            results.append({"received": len(arrived), "last_ms": max(arrived) if arrived else None})
+            _drain(board)
+            await asyncio.sleep(0.2)
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+    return {"opened": len(opened), "open_s": open_s, "rounds": results}
+
+
+def _redis_clients(url: str) -> int:
+    import redis
+
+    return int(redis.Redis.from_url(url).info("clients")["connected_clients"])
+
+
+def _live(db: Path, session: str, events: int, sockets: int) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from tests.boards import SimBoard
+    from tests.browser import bridge, daphne, server_env
+    from tests.services import mosquitto, redis_server
+
+    out: dict[str, Any] = {}
+    with redis_server() as redis, mosquitto() as broker:
+        env = server_env(str(db), redis_url=redis.url, broker_url=broker.url)
+        env["SECRET_KEY"] = "bench-only-insecure-key"  # the session cookie was signed with it
+        with daphne(env) as web, bridge(env) as the_bridge:
+            board = SimBoard(broker.port, BOARD_ID)
+            try:
+                deadline = time.monotonic() + 30
+                while True:  # the bridge is up when it answers
+                    try:
+                        board.ask({"action": "checkmachine"}, timeout=1)
+                        break
+                    except AssertionError:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("the bridge did not answer:\n" + the_bridge.output()) from None
+                url = f"ws://127.0.0.1:{web.port}/ws/dashboard/"
+                headers = {"Origin": web.url, "Cookie": f"sessionid={session}"}
+                lat = asyncio.run(_latency(url, headers, board, events))
+                out["latency"] = lat
+                base_clients = _redis_clients(redis.url)
+                many = asyncio.run(_many(url, headers, board, sockets, 6))
+                out["many"] = many
+                out["redis_clients"] = base_clients
+                errors = [
+                    line
+                    for line in web.output().splitlines()
+                    if "MaxConnections" in line or "Traceback" in line or "ERROR" in line
+                ]
+                out["daphne_errors"] = errors[:5]
+            finally:
+                board.close()
+    return out
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.portal", description=__doc__.split("\n")[0])
+    parser.add_argument("--uses", type=int, default=1_000_000)
+    parser.add_argument("--machines", type=int, default=100)
+    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--sockets", type=int, default=500)
+    args = parser.parse_args(argv)
+
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="bench-portal-") as data_dir:
+        env = _env(data_dir)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+        _python(POPULATE, str(args.uses), str(args.machines), CARD, STAFF_EMAIL, env=env)
+        print(f"database: {args.machines} machines, {args.uses:,} uses ({time.perf_counter() - t:.0f} s to build)")
+
+        render = json.loads(_python(MEASURE, STAFF_EMAIL, env=env))
+        dash, uses, filtered = render["dashboard"], render["uses_list"], render["uses_list_filtered"]
+        print(
+            f"dashboard (admin index):  median {dash['median_ms']:.1f} ms, max {dash['max_ms']:.1f} ms, "
+            f"{dash['queries']} queries  (tiles alone {render['tiles_only']['median_ms']:.1f} ms; target < 150 ms)"
+        )
+        print(
+            f"uses list:                median {uses['median_ms']:.1f} ms, max {uses['max_ms']:.1f} ms, "
+            f"{uses['queries']} queries  (target < 300 ms)"
+        )
+        print(
+            f"uses list, one machine:   median {filtered['median_ms']:.1f} ms, max {filtered['max_ms']:.1f} ms, "
+            f"{filtered['queries']} queries"
+        )
+        ok &= dash["median_ms"] < 150 and uses["median_ms"] < 300
+
+        live = _live(Path(data_dir) / "fabomatic.sqlite3", render["session"], args.events, args.sockets)
+        lat = [x for x in live["latency"] if x != float("inf")]
+        lost = len(live["latency"]) - len(lat)
+        p50, p99 = statistics.median(lat), _pct(lat, 99)
+        print(
+            f"board event → dashboard:  p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(lat):.1f} ms over "
+            f"{len(live['latency'])} events, {lost} lost  (Mosquitto → bridge → Redis → daphne → websocket; "
+            f"target p99 < 500 ms)"
+        )
+        many = live["many"]
+        print(
+            f"{args.sockets} dashboards:          {many['opened']} sockets open in {many['open_s']:.1f} s "
+            f"(each with its snapshot); Redis clients before: {live['redis_clients']}"
+        )
+        for i, r in enumerate(many["rounds"]):
+            last = f"{r['last_ms']:.0f} ms" if r["last_ms"] is not None else "-"
+            print(f"   event {i + 1}: received by {r['received']}/{many['opened']} sockets, the last after {last}")
+        if live["daphne_errors"]:
+            print("   daphne errors:", *live["daphne_errors"], sep="\n   ")
+        ok &= p99 < 500 and lost == 0 and many["opened"] == args.sockets
+        ok &= all(r["received"] == args.sockets for r in many["rounds"]) and not live["daphne_errors"]
+    print("portal benchmark:", "all targets met" if ok else "TARGET MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
