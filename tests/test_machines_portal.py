@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.messages import get_messages
+from django.db.models import Q
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -211,3 +212,24 @@ def test_the_machine_page_has_post_only_remote_buttons_history_and_chart(admin_c
     assert "Nina Test" in page
     assert "<svg" in page
     assert MaintenancePlan.objects.count() == 1
+
+
+def test_charts_sum_closed_hours_per_week_and_per_machine(lab: Lab) -> None:
+    from machines import charts
+
+    today = timezone.localdate()
+    closed_use(lab.normal, lab.laser, 2, days_ago=7)  # last week
+    closed_use(lab.normal, lab.laser, 1, days_ago=7)
+    closed_use(lab.staff, lab.printer, 4, days_ago=7 * 20)  # outside the 12 weeks
+    now = timezone.now()
+    Use.objects.create(member=lab.staff, machine=lab.printer, started_at=now, last_seen=now)  # open: not counted
+
+    week = timezone.localtime(timezone.now() - timedelta(days=7)).date()
+    week -= timedelta(days=week.weekday())
+    bars = charts.weekly_hours(Q(machine=lab.laser), today=today)
+    assert len(bars) == 12 and {b.start: b.hours for b in bars if b.hours} == {week: 3}
+    rows = {r.machine.name: r.total for r in charts.weekly_hours_per_machine(12, today=today)}
+    assert rows == {"LASER 1": 3, "PRINTER 1": 0}
+    assert sum(b.hours for b in charts.monthly_hours(Q(member=lab.normal), today=today)) == 3
+    svg = charts.machines_weeks_chart(charts.weekly_hours_per_machine(12), title="<x>")
+    assert svg.startswith("<svg") and "&lt;x&gt;" in svg and "<x>" not in svg
