@@ -14,7 +14,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.dateparse import parse_date
 from django.utils.functional import cached_property
 from django.utils.html import format_html
@@ -72,6 +72,13 @@ def format_hours(hours: float | None) -> str:
 
 def format_seconds(seconds: int | None) -> str:
     return "-" if seconds is None else format_hours(seconds / 3600)
+
+
+def short_datetime(value: datetime | None) -> str:
+    """A compact local date and time for list columns (e.g. 25/11/2026 16:22 in Italian)."""
+    if value is None:
+        return "-"
+    return formats.date_format(timezone.localtime(value), "SHORT_DATETIME_FORMAT")
 
 
 def badge(text: str, kind: str = "ok", title: str = "") -> str:

@@ -31,6 +31,7 @@ from fabomatic.admin import (
     format_hours,
     format_seconds,
     replay_flag,
+    short_datetime,
 )
 from members.models import Member
 
@@ -47,8 +48,9 @@ def changelist_url(model: str, **params: Any) -> str:
 
 
 def plan_badge(plan: MaintenancePlan, machine_hours: float) -> str:
+    """One badge per plan item: its short name, hours since the last intervention / interval."""
     since = plan.hours_since(machine_hours)
-    text = f"{plan.lcd_message or plan.description[:16]}: {format_hours(since)} / {format_hours(plan.hours_between)}"
+    text = f"{plan.lcd_message or plan.description[:16]} {since:.0f}/{plan.hours_between:.0f} h"
     if plan.is_due(machine_hours):
         return badge(text, "error", _("Overdue: %(description)s") % {"description": plan.description})
     if since > 0.9 * plan.hours_between:
@@ -376,6 +378,7 @@ class MachineAdmin(ExcelExportMixin, admin.ModelAdmin):
             board = getattr(machine, "board", None)
             extra_context.update(
                 machine_online=machine.is_online(),
+                hour_meter=format_hours(machine.hours),
                 board=board,
                 can_remote=self.has_change_permission(request, machine),
                 recent_uses=Use.objects.filter(machine=machine)
@@ -561,11 +564,11 @@ class UseAdmin(HistoryAdmin):
 
     @admin.display(description=gettext_lazy("started"), ordering="started_at")
     def started(self, use: Use) -> str:
-        return format_html("{} {}", admin.utils.display_for_value(use.started_at, "-"), replay_flag(use.replay))
+        return format_html("{} {}", short_datetime(use.started_at), replay_flag(use.replay))
 
     @admin.display(description=gettext_lazy("ended"))
     def ended(self, use: Use) -> Any:
-        return use.ended_at or badge(_("in use"), "info")
+        return short_datetime(use.ended_at) if use.ended_at else badge(_("in use"), "info")
 
     @admin.display(description=gettext_lazy("duration"))
     def duration_hm(self, use: Use) -> str:
@@ -645,9 +648,7 @@ class InterventionAdmin(HistoryAdmin):
 
     @admin.display(description=gettext_lazy("when"), ordering="performed_at")
     def when(self, intervention: Intervention) -> str:
-        return format_html(
-            "{} {}", admin.utils.display_for_value(intervention.performed_at, "-"), replay_flag(intervention.replay)
-        )
+        return format_html("{} {}", short_datetime(intervention.performed_at), replay_flag(intervention.replay))
 
     @admin.display(description=gettext_lazy("maintenance"), ordering="plan__description")
     def plan_description(self, intervention: Intervention) -> str:
