@@ -301,6 +301,14 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
             kwargs["initial"] = [{"uid": uid, "active": True}]
         return kwargs
 
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        initial = super().get_changeform_initial_data(request)
+        if "role" not in initial:  # most new members are plain card holders
+            default = Role.objects.filter(name="Fab Users").values_list("pk", flat=True).first()
+            if default:
+                initial["role"] = default
+        return initial
+
     def get_readonly_fields(self, request: HttpRequest, obj: Member | None = None) -> list[str]:
         fields = list(super().get_readonly_fields(request, obj))
         if not request.user.is_superuser:

@@ -233,3 +233,21 @@ def test_charts_sum_closed_hours_per_week_and_per_machine(lab: Lab) -> None:
     assert sum(b.hours for b in charts.monthly_hours(Q(member=lab.normal), today=today)) == 3
     svg = charts.machines_weeks_chart(charts.weekly_hours_per_machine(12), title="<x>")
     assert svg.startswith("<svg") and "&lt;x&gt;" in svg and "<x>" not in svg
+
+
+def test_a_maintainer_sees_machines_records_maintenance_but_changes_nothing_else(client: Client, lab: Lab) -> None:
+    Member.objects.filter(pk=lab.staff.pk).update(is_staff=True)  # STAFF role: maintenance, no portal admin
+    lab.staff.refresh_from_db()
+    client.force_login(lab.staff)
+    machine_page = client.get(reverse("admin:machines_machine_change", args=[lab.laser.pk]))
+    assert machine_page.status_code == 200
+    page = machine_page.content.decode()
+    assert "Record intervention" in page and "Remote start" not in page
+
+    assert client.post(reverse("admin:machines_machine_record", args=[lab.laser.pk, lab.plan.pk])).status_code == 302
+    assert Intervention.objects.filter(member=lab.staff).count() == 1
+    assert client.post(reverse("admin:machines_machine_remote", args=[lab.laser.pk, "start"])).status_code == 403
+    member_url = reverse("admin:members_member_change", args=[lab.normal.pk])
+    assert client.post(member_url, {"first_name": "Changed"}).status_code == 403
+    lab.normal.refresh_from_db()
+    assert lab.normal.first_name == "Nina"
