@@ -181,3 +181,26 @@ async def test_it_carries_a_tile_from_another_process_through_the_real_redis_lay
         tile = message["tile"]
         assert (message["type"], tile["state"], tile["user"]) == ("machine.update", "in_use", "Nina")
         await dashboard.disconnect()
+
+
+async def test_it_shares_one_snapshot_read_between_dashboards_connecting_together(staff, monkeypatch) -> None:
+    from telemetry import consumers
+
+    reads = []
+    real = consumers._snapshot
+    monkeypatch.setattr(consumers, "_snapshot", lambda: reads.append(1) or real())
+    dashboards = await asyncio.gather(*(_connected(staff) for _ in range(8)))
+    assert 1 <= len(reads) < 8
+    for dashboard in dashboards:
+        await dashboard.disconnect()
+
+
+async def test_it_never_hands_a_new_dashboard_a_snapshot_older_than_its_connection(staff, lab) -> None:
+    first = await _connected(staff)
+    await database_sync_to_async(Machine.objects.filter(pk=2).update)(last_seen=timezone.now())  # no event sent
+    second = _communicator(staff)
+    assert (await second.connect())[0]
+    tiles = {t["id"]: t["state"] for t in (await second.receive_json_from())["tiles"]}
+    assert tiles[2] == "free"
+    await first.disconnect()
+    await second.disconnect()
