@@ -638,7 +638,7 @@ class InterventionAdmin(HistoryAdmin):
     list_display = ["when", "plan_description", "machine", "member", "meter"]
     list_display_links = ["when"]
     list_filter = [MachineFilter, MemberFilter, ("performed_at", DateRangeFilter), "replay"]
-    list_select_related = ["plan", "machine", "member"]
+    list_select_related = ["plan__machine", "machine", "member"]
     search_fields = ["member__first_name", "member__last_name", "machine__name"]
     search_help_text = gettext_lazy("Member or machine name")
     ordering = ["-performed_at"]

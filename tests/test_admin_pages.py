@@ -118,3 +118,33 @@ def test_the_admin_smoke_list_covers_every_model() -> None:
     assert {"machines.Machine", "machines.MachineType", "machines.Use", "machines.Intervention"} <= labels
     assert {"machines.MaintenancePlan", "machines.Authorization", "telemetry.Board"} <= labels
     assert Member.USERNAME_FIELD == "email"
+
+
+def test_lists_cost_the_same_number_of_queries_whatever_the_number_of_rows(admin_client: Client, history: Lab) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from .factories import CardFactory, MachineFactory, MaintenancePlanFactory, MemberFactory
+
+    urls = [_admin_url(m, "changelist") for m in MODELS if m._meta.app_label in ("members", "machines", "telemetry")]
+
+    def cost() -> dict[str, int]:
+        counts = {}
+        for url in urls:
+            with CaptureQueriesContext(connection) as queries:
+                assert admin_client.get(url).status_code == 200
+            counts[url] = len(queries)
+        return counts
+
+    before = cost()
+    now = timezone.now()
+    for i in range(15):
+        machine = MachineFactory()
+        MaintenancePlanFactory(machine=machine)
+        Board.objects.create(machine=machine, serial=f"S{i}")
+        member = MemberFactory(role=history.normal.role)
+        CardFactory(member=member)
+        Use.objects.create(member=member, machine=machine, started_at=now, last_seen=now)
+        Intervention.objects.create(plan=history.plan, machine=history.laser, member=member)
+        UnknownCard.objects.create(uid=f"{0xE0000000 + i:08x}", machine=machine)
+    assert cost() == before
