@@ -46,8 +46,11 @@ def board_level(member: Member) -> Level:
     return Level.STAFF if member.role.is_staff_level else Level.NORMAL
 
 
-def check_access(member: Member, machine: Machine) -> AccessDecision:
-    """May this member use this machine? The order of the old backend (reference §3.1)."""
+def check_access(member: Member, machine: Machine, *, authorized: bool | None = None) -> AccessDecision:
+    """May this member use this machine? The order of the old backend (reference §3.1).
+
+    ``authorized``: whether an Authorization row exists, when the caller already read it (the bridge's one query).
+    """
     if member.disabled or not member.is_active:
         return AccessDecision(False, Level.INVALID, Refusal.DISABLED)
     if member.deleted_at is not None:
@@ -58,7 +61,9 @@ def check_access(member: Member, machine: Machine) -> AccessDecision:
         return AccessDecision(False, Level.INVALID, Refusal.BLOCKED)
     if not machine.type.requires_authorization:
         return AccessDecision(True, board_level(member))
-    if Authorization.objects.filter(member=member, machine=machine).exists():
+    if authorized is None:
+        authorized = Authorization.objects.filter(member=member, machine=machine).exists()
+    if authorized:
         return AccessDecision(True, board_level(member))
     return AccessDecision(False, Level.INVALID, Refusal.NOT_AUTHORIZED)
 
@@ -67,14 +72,17 @@ def may_record_maintenance(member: Member) -> bool:
     return member.can_use_machines and member.role.is_staff_level
 
 
-def due_plans(machine: Machine) -> list[MaintenancePlan]:
-    """The plan items whose hours since the last intervention exceed their interval, in plan order."""
-    return [plan for plan in machine.plans.all() if plan.is_due(machine.hours)]
+def due_plans(machine: Machine, plans: list[MaintenancePlan] | None = None) -> list[MaintenancePlan]:
+    """The plan items whose hours since the last intervention exceed their interval, in plan order.
+
+    ``plans``: the machine's plans in plan order, when the caller already read them (the bridge's one query).
+    """
+    return [plan for plan in (machine.plans.all() if plans is None else plans) if plan.is_due(machine.hours)]
 
 
-def maintenance_status(machine: Machine) -> tuple[bool, str]:
+def maintenance_status(machine: Machine, plans: list[MaintenancePlan] | None = None) -> tuple[bool, str]:
     """(due, LCD message of the first due item) for ``checkmachine`` and the dashboard."""
-    due = due_plans(machine)
+    due = due_plans(machine, plans)
     if not due:
         return False, ""
     first = due[0]
