@@ -118,6 +118,7 @@ def test_a_member_page_shows_cards_authorizations_last_uses_and_total_hours(admi
     assert "LASER 1" in page  # authorization inline and uses
     assert "3:00" in page  # total hours
     assert "<svg" in page  # usage chart
+    assert reverse("fabomatic_member_report", args=[lab.normal.pk]) in page  # GDPR access report
 
 
 def test_bulk_action_grants_then_revokes_machines(admin_client: Client, lab: Lab) -> None:
