@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -33,8 +33,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from machines import live, services
-from machines.models import Machine, Use
-from members.models import Card, Member, UnknownCard
+from machines.models import Authorization, Machine, MachineType, MaintenancePlan, Use
+from members.models import Card, Member, Role, UnknownCard
 
 from . import protocol as p
 from .models import Board
@@ -114,6 +114,13 @@ def after_reply(machine_id: int, outcome: Outcome) -> None:
 def _process(machine_id: int, request: p.Request, now: datetime) -> Outcome:
     if isinstance(request, p.SyncCache):  # the only request that does not count as "heard from" (old backend)
         return Outcome(_sync_cache(machine_id, request))
+    fast = _FAST.get(type(request))
+    if fast is not None:
+        outcome = fast(machine_id, request, now)
+        if outcome is not None:
+            _seen[machine_id] = now  # written by flush_heartbeats() within FLUSH_EVERY
+            outcome.seen = now
+            return outcome
     with transaction.atomic():
         came_online = _touch(machine_id, now)
         if came_online is None:
@@ -147,16 +154,221 @@ def _machine(machine_id: int) -> Machine:
 
 
 def _card_member(uid: str) -> Member | None:
-    """The member holding this active card, with the role loaded."""
+    """The member holding this active card, with the role: the fields the access rules read (one raw query)."""
     if uid == p.NO_CARD:
         return None
-    cards = Card.objects.select_related("member__role").filter(uid=uid, active=True).order_by()[:1]
-    return cards[0].member if cards else None
+    rows = _fetch(_SQL_CARD, [uid])
+    if not rows:
+        return None
+    member_id, first_name, disabled, active, deleted, role_id, everything, maint = rows[0]
+    return Member(
+        id=member_id,
+        first_name=first_name,
+        disabled=bool(disabled),
+        is_active=bool(active),
+        deleted_at=timezone.now() if deleted else None,  # only its presence matters to the rules
+        role=Role(id=role_id, authorize_all=bool(everything), maintenance=bool(maint)),
+    )
 
 
 def _open_use(machine_id: int) -> Use | None:
-    found = Use.objects.filter(machine_id=machine_id, ended_at__isnull=True).order_by()[:1]
-    return found[0] if found else None
+    """The machine's open use (partial unique index: never scans the history), one raw query."""
+    rows = _fetch(_SQL_OPEN_USE, [machine_id])
+    if not rows:
+        return None
+    pk, member_id, started_at, last_seen, replay = rows[0]
+    return Use(
+        id=pk,
+        member_id=member_id,
+        machine_id=machine_id,
+        started_at=_dt(started_at),
+        last_seen=_dt(last_seen),
+        ended_at=None,
+        replay=bool(replay),
+    )
+
+
+def _dt(value: datetime | str) -> datetime:
+    """A datetime column read by a raw query (SQLite returns text in UTC), as an aware datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if timezone.is_aware(value) else value.replace(tzinfo=UTC)
+
+
+# --- Fast path ------------------------------------------------------------------------------
+#
+# Most traffic is read-only: checkmachine and checkuser every swipe and every 30 s, inuse heartbeats of the session on
+# record, alive from a known board. From a machine already online these are answered from ONE raw query each (the
+# ORM's SQL compilation would cost more than the query) and write nothing at once: their "heard from" stamps are kept
+# here and written by flush_heartbeats() in one short transaction every FLUSH_EVERY seconds (the worker calls it). A
+# request that changes state (a use opened or closed, an intervention, an unknown card, a new board or firmware, a
+# machine coming online) returns None here and takes the transactional path: committed before its reply is sent.
+# Nothing is cached across requests: a block, an unblock or a new authorization is seen by the next request.
+
+FLUSH_EVERY = 0.5
+_seen: dict[int, datetime] = {}  # machine id → heard from at
+_use_seen: dict[int, datetime] = {}  # open use id → last inuse
+_board_seen: dict[int, tuple[str, str | None, int | None, datetime]] = {}  # machine id → serial, ip, heap, at
+
+_M, _T, _P = Machine._meta.db_table, MachineType._meta.db_table, MaintenancePlan._meta.db_table
+_U, _C, _MEM, _R = Use._meta.db_table, Card._meta.db_table, Member._meta.db_table, Role._meta.db_table
+_A, _B = Authorization._meta.db_table, Board._meta.db_table
+
+_SQL_MACHINE = f"""
+    SELECT m.last_seen >= %s, m.name, m.blocked, m.hours, m.type_id, t.logoff_minutes, t.grace_minutes,
+           p.hours_between, p.done_at_hours, p.lcd_message, p.description
+    FROM {_M} m JOIN {_T} t ON t.id = m.type_id LEFT JOIN {_P} p ON p.machine_id = m.id
+    WHERE m.id = %s ORDER BY p.id"""
+_SQL_USER = f"""
+    SELECT m.last_seen >= %s, m.blocked, t.requires_authorization,
+           mem.id, mem.first_name, mem.disabled, mem.is_active, mem.deleted_at IS NOT NULL,
+           r.authorize_all, r.maintenance,
+           EXISTS(SELECT 1 FROM {_A} a WHERE a.member_id = mem.id AND a.machine_id = m.id)
+    FROM {_M} m JOIN {_T} t ON t.id = m.type_id
+    LEFT JOIN {_C} c ON c.uid = %s AND c.active
+    LEFT JOIN {_MEM} mem ON mem.id = c.member_id
+    LEFT JOIN {_R} r ON r.id = mem.role_id
+    WHERE m.id = %s"""
+_SQL_INUSE = f"""
+    SELECT m.last_seen >= %s, u.id, u.member_id, c.member_id
+    FROM {_M} m LEFT JOIN {_U} u ON u.machine_id = m.id AND u.ended_at IS NULL
+    LEFT JOIN {_C} c ON c.uid = %s AND c.active
+    WHERE m.id = %s"""
+_SQL_CARD = f"""
+    SELECT mem.id, mem.first_name, mem.disabled, mem.is_active, mem.deleted_at IS NOT NULL,
+           r.id, r.authorize_all, r.maintenance
+    FROM {_C} c JOIN {_MEM} mem ON mem.id = c.member_id JOIN {_R} r ON r.id = mem.role_id
+    WHERE c.uid = %s AND c.active"""
+_SQL_OPEN_USE = f"""
+    SELECT id, member_id, started_at, last_seen, replay FROM {_U} WHERE machine_id = %s AND ended_at IS NULL"""
+_SQL_ALIVE = f"""
+    SELECT m.last_seen >= %s, b.firmware FROM {_M} m LEFT JOIN {_B} b ON b.machine_id = m.id WHERE m.id = %s"""
+
+
+def _fetch(sql: str, params: list) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _online_since(now: datetime) -> object:
+    return connection.ops.adapt_datetimefield_value(now - timedelta(seconds=settings.ONLINE_SECONDS))
+
+
+def _fast_check_machine(machine_id: int, request: p.CheckMachine, now: datetime) -> Outcome | None:
+    rows = _fetch(_SQL_MACHINE, [_online_since(now), machine_id])
+    if not rows or not rows[0][0]:
+        return None  # unknown, or coming online: the transactional path
+    _online, name, blocked, hours, type_id, logoff, grace = rows[0][:7]
+    plans = [
+        MaintenancePlan(hours_between=every, done_at_hours=done, lcd_message=lcd or "", description=text or "")
+        for *_, every, done, lcd, text in rows
+        if every is not None
+    ]
+    due, message = services.maintenance_status(Machine(id=machine_id, hours=hours), plans)
+    return Outcome(
+        p.machine_reply(
+            name=name,
+            maintenance=due,
+            allowed=not blocked,
+            logoff=logoff,
+            type_id=type_id,
+            grace=grace,
+            description=message,
+        )
+    )
+
+
+def _fast_check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Outcome | None:
+    rows = _fetch(_SQL_USER, [_online_since(now), request.uid, machine_id])
+    if not rows or not rows[0][0] or rows[0][3] is None:
+        return None  # unknown machine or card (recorded for registration), or coming online
+    _online, blocked, needs_auth, member_id, first_name, disabled, active, deleted, everything, maint, auth = rows[0]
+    member = Member(
+        id=member_id,
+        first_name=first_name,
+        disabled=bool(disabled),
+        is_active=bool(active),
+        deleted_at=now if deleted else None,  # only its presence matters to check_access
+        role=Role(authorize_all=bool(everything), maintenance=bool(maint)),
+    )
+    machine = Machine(id=machine_id, blocked=bool(blocked), type=MachineType(requires_authorization=bool(needs_auth)))
+    return Outcome(_user_reply(member, services.check_access(member, machine, authorized=bool(auth))))
+
+
+def _fast_in_use(machine_id: int, request: p.InUse, now: datetime) -> Outcome | None:
+    rows = _fetch(_SQL_INUSE, [_online_since(now), request.uid, machine_id])
+    if not rows or not rows[0][0]:
+        return None
+    _online, use_id, use_member, card_member = rows[0]
+    if use_id is None or card_member is None or use_member != card_member:
+        return None  # no session on record, or another member's: opens or closes a use
+    _use_seen[use_id] = now
+    return Outcome(p.simple_reply(True, "inUse"))
+
+
+def _fast_alive(machine_id: int, request: p.Alive, now: datetime) -> Outcome | None:
+    rows = _fetch(_SQL_ALIVE, [_online_since(now), machine_id])
+    if not rows or not rows[0][0] or rows[0][1] is None or rows[0][1] != request.version:
+        return None  # a new board or new firmware: recorded at once (and shown on the dashboard)
+    _board_seen[machine_id] = (request.serial, request.ip, request.heap, now)
+    return Outcome(None)
+
+
+_FAST = {
+    p.CheckMachine: _fast_check_machine,
+    p.CheckUser: _fast_check_user,
+    p.InUse: _fast_in_use,
+    p.Alive: _fast_alive,
+}
+
+
+def heartbeats_pending() -> bool:
+    return bool(_seen or _use_seen or _board_seen)
+
+
+def flush_heartbeats() -> None:
+    """Write the stamps of the fast path: a few executemany UPDATEs, each in its own short transaction.
+
+    Rows are updated in id order (no deadlock between two bridges' flushes) and a stamp never moves back. If the
+    database is unavailable the stamps are kept for the next flush.
+    """
+    global _seen, _use_seen, _board_seen
+    seen, use_seen, boards = _seen, _use_seen, _board_seen
+    _seen, _use_seen, _board_seen = {}, {}, {}
+    adapt = connection.ops.adapt_datetimefield_value
+    try:
+        with connection.cursor() as cursor:
+            if seen:
+                rows = [(adapt(at), pk, adapt(at)) for pk, at in sorted(seen.items())]
+                with transaction.atomic():
+                    cursor.executemany(
+                        f"UPDATE {_M} SET last_seen = %s WHERE id = %s AND (last_seen IS NULL OR last_seen < %s)",
+                        rows,
+                    )
+                seen = {}
+            if use_seen:
+                rows = [(adapt(at), pk, adapt(at)) for pk, at in sorted(use_seen.items())]
+                with transaction.atomic():
+                    cursor.executemany(
+                        f"UPDATE {_U} SET last_seen = %s WHERE id = %s AND ended_at IS NULL AND last_seen < %s", rows
+                    )
+                use_seen = {}
+            if boards:
+                rows = [(s, ip, heap, adapt(at), pk) for pk, (s, ip, heap, at) in sorted(boards.items())]
+                with transaction.atomic():
+                    cursor.executemany(
+                        f"UPDATE {_B} SET serial = %s, ip_address = %s, free_heap = %s, last_seen = %s"
+                        " WHERE machine_id = %s",
+                        rows,
+                    )
+                boards = {}
+    except Exception as exc:
+        logger.warning("heartbeats not written yet (%s)", exc)
+        _drop_broken_connection()
+        for pending, kept in ((_seen, seen), (_use_seen, use_seen), (_board_seen, boards)):
+            for key, value in kept.items():
+                pending.setdefault(key, value)  # type: ignore[attr-defined]
 
 
 # --- Handlers ------------------------------------------------------------------------------
@@ -184,10 +396,13 @@ def _check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Outcome
         if request.uid != p.NO_CARD and not Card.objects.filter(uid=request.uid).exists():
             UnknownCard.objects.create(uid=request.uid, machine_id=machine_id, seen_at=now)  # for registration
         return Outcome(p.user_reply(is_valid=False, name="Unknown", level=0))
-    decision = services.check_access(member, _machine(machine_id))
+    return Outcome(_user_reply(member, services.check_access(member, _machine(machine_id))))
+
+
+def _user_reply(member: Member, decision: services.AccessDecision) -> p.Reply:
     if not decision.allowed:
-        return Outcome(p.user_reply(is_valid=False, name="User not authorized", level=0, missing_auth=True))
-    return Outcome(p.user_reply(is_valid=True, name=member.first_name, level=decision.level))
+        return p.user_reply(is_valid=False, name="User not authorized", level=0, missing_auth=True)
+    return p.user_reply(is_valid=True, name=member.first_name, level=decision.level)
 
 
 def _start_use(machine_id: int, request: p.StartUse, now: datetime) -> Outcome:

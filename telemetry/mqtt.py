@@ -60,6 +60,7 @@ STALE_SECONDS = 1.8
 # SQLite: give up on a locked database before the board's 2 s timeout and answer request_ok false instead.
 SQLITE_BUSY_MS = 1200
 _HOUSEKEEP = object()
+_FLUSH = object()
 
 
 def default_client_id() -> str:
@@ -279,20 +280,32 @@ class Bridge:
 
     def _work(self) -> None:
         _persistent_connection()
+        next_flush = time.monotonic() + ingest.FLUSH_EVERY
         try:
             while not self._stopping.is_set():
-                item = self.queue.get()
+                # Heartbeat stamps of read-only requests are written in one batch every FLUSH_EVERY seconds.
+                wait = max(0.0, next_flush - time.monotonic()) if ingest.heartbeats_pending() else None
+                try:
+                    item = self.queue.get(timeout=wait)
+                except queue.Empty:
+                    item = _FLUSH
                 if item is None:
                     break
                 try:
                     if item is _HOUSEKEEP:
                         self.housekeep()
-                    else:
+                    elif item is not _FLUSH:
                         self.handle(*item)  # type: ignore[misc]
+                    if time.monotonic() >= next_flush:
+                        next_flush = time.monotonic() + ingest.FLUSH_EVERY
+                        ingest.flush_heartbeats()
                 except Exception:  # the worker must survive anything
                     logger.exception("bridge worker failed on a message")
         finally:
-            connections.close_all()
+            try:
+                ingest.flush_heartbeats()
+            finally:
+                connections.close_all()
 
     def handle(self, received: float, topic: str, payload: bytes) -> None:
         """One message: parse, process, reply, broadcast."""

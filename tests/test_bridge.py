@@ -349,9 +349,13 @@ def test_a_locked_database_answers_request_ok_false_then_recovers(lab: Lab, m1: 
     locker = sqlite3.connect(connection.settings_dict["NAME"], timeout=5)
     try:
         locker.execute("BEGIN EXCLUSIVE")
-        reply = m1.ask({"action": "checkuser", "uid": N})
-        assert (reply["request_ok"], reply["level"]) == (False, 0)  # "cannot decide": the board uses its cache
+        # A state change cannot be recorded: "cannot decide", the board falls back to its cache (and replays).
+        assert m1.ask({"action": "startuse", "uid": N})["request_ok"] is False
+        # Reads are not blocked by a writer (WAL): a swipe is still answered from the database.
+        assert m1.ask({"action": "checkuser", "uid": N})["is_valid"] is True
     finally:
         locker.rollback()
         locker.close()
-    assert m1.ask({"action": "checkuser", "uid": N})["is_valid"] is True
+    assert not Use.objects.exists()
+    assert m1.ask({"action": "startuse", "uid": N})["request_ok"] is True
+    assert Use.objects.filter(member=lab.normal, ended_at__isnull=True).count() == 1
