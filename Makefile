@@ -31,5 +31,5 @@ bench:
 	$(PY) -m bench
 
 messages:
-	$(PY) manage.py makemessages -l it -l en --ignore=.venv --ignore=var
+	$(PY) manage.py makemessages -l it -l en --ignore=.venv --ignore=var --ignore=tests --ignore=bench
 	$(PY) manage.py compilemessages --ignore=.venv
