@@ -226,7 +226,14 @@ def test_it_shows_the_portal_in_italian_after_switching_language(admin_client: C
     assert "Current members" not in members
 
     machine = page(admin_client, reverse("admin:machines_machine_change", args=[lab.laser.pk]))
-    for text in ("Stato e controllo remoto", "Contaore", "Avvio remoto", "Storico della manutenzione", "Ore di"):
+    for text in (
+        "Stato e controllo remoto",
+        "Contaore",
+        "Avvio remoto",
+        "Storico della manutenzione",
+        "Ore di utilizzo per settimana",
+        "Ancora nessun utilizzo",
+    ):
         assert text in machine, text
     assert "Status and remote control" not in machine
 
