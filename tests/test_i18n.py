@@ -216,7 +216,7 @@ def test_it_shows_the_portal_in_italian_after_switching_language(admin_client: C
 
     index = page(admin_client, reverse("admin:index"))
     assert '<html lang="it"' in index
-    for text in ("Stato delle macchine", "Macchine per stato", "Libera", "Soci", "Tessere sconosciute"):
+    for text in ("Stato delle macchine", "Macchine per stato", "Libera", "Soci", "Tessere non riconosciute"):
         assert text in index, text
     assert "Machines status" not in index
 
