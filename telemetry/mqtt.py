@@ -166,10 +166,9 @@ class LiveBroadcaster:
                 self._wake.clear()
                 with self._lock:
                     batch, self._pending = self._pending, {}
-                for machine_id, outcome in batch.items():
-                    if outcome.changed:
-                        close_old_connections()
-                    ingest.after_reply(machine_id, outcome)
+                if batch:
+                    close_old_connections()
+                    ingest.broadcast_batch(batch)
                 if self._stopping.is_set():
                     return
                 time.sleep(self.every)
