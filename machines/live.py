@@ -13,6 +13,7 @@ from typing import Literal, TypedDict
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from . import services
@@ -96,6 +97,11 @@ def broadcast_machine(machine_id: int) -> None:
     tile = machine_tile(machine_id)
     if tile is not None:
         _send({"type": "machine.update", "tile": tile})
+
+
+def broadcast_machine_on_commit(machine_id: int) -> None:
+    """For the portal: push the tile once the edit in hand (block, end a use, record maintenance) commits."""
+    transaction.on_commit(lambda: broadcast_machine(machine_id))
 
 
 def broadcast_heartbeat(machine_id: int, last_seen: datetime) -> None:

@@ -204,3 +204,21 @@ async def test_it_never_hands_a_new_dashboard_a_snapshot_older_than_its_connecti
     assert tiles[2] == "free"
     await first.disconnect()
     await second.disconnect()
+
+
+async def test_it_pushes_a_portal_edit_once_it_commits(staff, lab) -> None:
+    from django.db import transaction
+
+    from machines.live import broadcast_machine_on_commit
+
+    communicator = await _connected(staff)
+
+    def block_the_printer() -> None:
+        with transaction.atomic():
+            Machine.objects.filter(pk=2).update(blocked=True)
+            broadcast_machine_on_commit(2)
+
+    await database_sync_to_async(block_the_printer)()
+    message = await communicator.receive_json_from()
+    assert (message["tile"]["id"], message["tile"]["state"]) == (2, "blocked")
+    await communicator.disconnect()
