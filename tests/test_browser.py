@@ -143,7 +143,9 @@ def test_it_shows_a_board_event_on_an_open_dashboard_without_reload_or_polling(w
     expect(tile).to_have_attribute("data-state", "offline")
     page.evaluate("window.__sameDocument = true")
     requests: list[str] = []
+    errors: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
 
     laser = board(1)
     laser.send({"action": "alive", "version": FIRMWARE, "ip": "192.168.1.50", "serial": "dcda0c419794", "heap": "1"})
@@ -165,6 +167,7 @@ def test_it_shows_a_board_event_on_an_open_dashboard_without_reload_or_polling(w
     expect(page.locator('.fab-counter[data-state="in_use"] .fab-count')).to_have_text("0")
     assert page.evaluate("window.__sameDocument") is True
     assert requests == []
+    assert errors == []
     assert Use.objects.filter(machine_id=1, member=world.nina, ended_at__isnull=False).count() == 1
 
 
