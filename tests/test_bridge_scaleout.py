@@ -1,0 +1,216 @@
+"""Scale-out: two ``mqtt_listen`` processes share one Mosquitto (MQTT 5 shared subscription) and one PostgreSQL.
+
+Every request is answered exactly once, and the state stays consistent even when a board's duplicates are handled by
+the two bridges at the same time (one use per session, machine hours counted once).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from .boards import SimBoard
+from .services import ROOT, Broker, free_port, wait_for_port
+
+pytestmark = pytest.mark.broker
+
+BOARDS = 12
+SESSIONS = 3
+DURATION = 65
+UID = "aabbcc{:02x}"
+WAIT = 5.0  # generous: this checks exactly-once, not speed (the benchmark measures speed)
+
+
+def _pg_runner() -> tuple[list[str], str | None]:
+    """How to run the PostgreSQL binaries: as the postgres user when we are root (initdb refuses root)."""
+    if os.geteuid() != 0:
+        return [], None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("running PostgreSQL as root needs the postgres system user (the postgresql package adds it)")
+    if not shutil.which("runuser"):
+        pytest.skip("running PostgreSQL as root needs runuser")
+    return ["runuser", "-u", "postgres", "--"], "postgres"
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free port, its data and unix socket in a temp dir."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name))
+    if not bins:
+        pytest.skip("PostgreSQL server binaries are not installed (scripts/setup.sh test installs them)")
+    bindir = Path(bins[-1])
+    prefix, owner = _pg_runner()
+    tmp = Path(tempfile.mkdtemp(prefix="pg-scaleout-"))
+    if owner:
+        shutil.chown(tmp, owner)
+    data, port = tmp / "data", free_port()
+
+    def run(*cmd: str) -> None:
+        done = subprocess.run([*prefix, *cmd], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, f"{cmd[0]} failed: {done.stdout}{done.stderr}"
+
+    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+    opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "log"), "-w", "-o", opts, "start")
+    try:
+        wait_for_port(port)
+        yield f"postgres://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+SEED = f"""
+from machines.models import Machine, MachineType
+from members.models import Card, Member, Role
+t = MachineType.objects.create(name="T", requires_authorization=False)
+role = Role.objects.create(name="USER")
+for i in range(1, {BOARDS} + 1):
+    Machine.objects.create(id=i, name=f"M{{i}}", type=t)
+    m = Member.objects.create_user(email=f"m{{i}}@x.test", first_name=f"M{{i}}", role=role)
+    Card.objects.create(uid="{UID}".format(i), member=m)
+"""
+
+
+def ask_many(board: SimBoard, payload: dict[str, Any], copies: int) -> list[dict[str, Any]]:
+    """Send ``copies`` identical requests back to back (the two bridges may take them at once); one reply each."""
+    assert board.replies.empty(), f"unsolicited reply pending: {board.replies.queue[0]!r}"
+    for _ in range(copies):
+        board.send(payload)
+    replies = []
+    for _ in range(copies):
+        try:
+            replies.append(json.loads(board.replies.get(timeout=WAIT)))
+        except queue.Empty:
+            raise AssertionError(f"{len(replies)} of {copies} replies to {payload!r}") from None
+    return replies
+
+
+def sessions(board: SimBoard, machine_id: int) -> int:
+    """The firmware's sequence, with duplicated startuse/inuse/stopuse; returns the number of requests sent."""
+    uid = UID.format(machine_id)
+    sent = 0
+    for _ in range(SESSIONS):
+        steps = [
+            ({"action": "checkmachine"}, 1),
+            ({"action": "checkuser", "uid": uid}, 1),
+            ({"action": "startuse", "uid": uid}, 2),
+            ({"action": "inuse", "uid": uid, "duration": 30}, 2),
+            ({"action": "checkmachine"}, 1),
+            ({"action": "stopuse", "uid": uid, "duration": DURATION}, 2),
+        ]
+        for payload, copies in steps:
+            for reply in ask_many(board, payload, copies):
+                assert reply["request_ok"] is True, (payload, reply)
+            sent += copies
+    return sent
+
+
+def _tail(log: Any) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")[-3000:]
+
+
+def test_two_bridges_answer_every_request_exactly_once(postgres: str, broker: Broker, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": postgres,
+        "MQTT_BROKER_URL": broker.url,
+        "MQTT_TOPIC": "machine",
+        "MQTT_SHARED_SUBSCRIPTION": "1",
+        "REDIS_URL": "",
+        "SECRET_KEY": "x",
+        "DEBUG": "0",
+        "LOG_DIR": "",
+        "FABOMATIC_ENV_FILE": "/nonexistent",
+        "FABOMATIC_DATA_DIR": str(tmp_path),
+    }
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    subprocess.run([*manage, "shell", "-c", SEED], cwd=ROOT, env=env, check=True)
+    tag = uuid.uuid4().hex[:6]
+    log = tempfile.TemporaryFile()
+    bridges = [
+        subprocess.Popen(
+            [*manage, "mqtt_listen", "--client-id", f"scale-{n}-{tag}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        for n in range(2)
+    ]
+    boards = [SimBoard(broker.port, i) for i in range(1, BOARDS + 1)]
+    stats: queue.Queue[tuple[str, dict]] = queue.Queue()
+    watcher = SimBoard(broker.port, 0, topic="unused")
+    watcher.client.on_message = lambda c, u, m: m.topic.endswith(tag) and stats.put((m.topic, json.loads(m.payload)))
+    watcher.client.subscribe("stats/#")
+    try:
+        # Both bridges up and subscribed: each board's first checkmachine is answered (by either).
+        up: set[str] = set()
+        while len(up) < 2:
+            topic, payload = stats.get(timeout=60)
+            if payload.get("Connected"):
+                up.add(topic)
+        for board in boards:
+            for _ in range(60):
+                board.send({"action": "checkmachine"})
+                try:
+                    board.replies.get(timeout=1)
+                    break
+                except queue.Empty:
+                    continue
+        with ThreadPoolExecutor(max_workers=BOARDS) as pool:
+            sent = sum(pool.map(sessions, boards, range(1, BOARDS + 1)))
+        assert sent == BOARDS * SESSIONS * 9
+        for board in boards:
+            board.assert_no_reply({"action": "alive", "version": "v1", "ip": "10.0.0.1", "serial": "", "heap": "1"})
+        for bridge in bridges:
+            bridge.terminate()
+        for bridge in bridges:
+            assert bridge.wait(30) == 0, _tail(log)
+        final: dict[str, dict] = {}
+        while not stats.empty():
+            topic, payload = stats.get()
+            final[topic] = payload
+        assert {t for t, s in final.items() if not s["Connected"]} == up  # both stopped cleanly
+        received = [final[t]["Received"] for t in up]
+        assert all(r > 0 for r in received), f"load not shared: {received}"
+        assert sum(final[t]["Sent"] for t in up) >= sent  # plus the warm-up checkmachines
+        assert sum(final[t]["Errors"] + final[t]["Late"] for t in up) == 0, _tail(log)
+    finally:
+        for board in [*boards, watcher]:
+            board.close()
+        for bridge in bridges:
+            if bridge.poll() is None:
+                bridge.kill()
+                bridge.wait(10)
+    with psycopg.connect(postgres) as db:
+        uses = db.execute(
+            "SELECT machine_id, count(*), count(ended_at), min(duration), max(duration) FROM machines_use"
+            " GROUP BY machine_id ORDER BY machine_id"
+        ).fetchall()
+        hours = db.execute("SELECT id, hours FROM machines_machine ORDER BY id").fetchall()
+        boards_seen = db.execute("SELECT count(*) FROM telemetry_board").fetchone()[0]
+    # One use per session (the duplicates recorded nothing), all closed with the board's duration...
+    assert uses == [(i, SESSIONS, SESSIONS, DURATION, DURATION) for i in range(1, BOARDS + 1)]
+    # ...and each counted once on the hour meter.
+    assert [(i, round(h * 3600)) for i, h in hours] == [(i, SESSIONS * DURATION) for i in range(1, BOARDS + 1)]
+    assert boards_seen == BOARDS
