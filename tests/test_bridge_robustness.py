@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -23,7 +24,7 @@ from telemetry.mqtt import Bridge
 
 from .boards import SimBoard
 from .conftest import Lab
-from .services import ROOT, Broker
+from .services import ROOT, Broker, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,6 +93,48 @@ def test_sigterm_finishes_and_exits_zero(lab: Lab, broker: Broker) -> None:
         if proc.poll() is None:
             proc.kill()
     assert Use.objects.filter(member=lab.normal, ended_at__isnull=True).count() == 1
+
+
+@pytest.mark.broker
+def test_it_keeps_answering_and_recording_when_redis_is_down(lab: Lab, broker: Broker) -> None:
+    """The live dashboard's channel layer (Redis) is unreachable: boards are still answered and uses recorded."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "MQTT_BROKER_URL": broker.url,
+        "MQTT_CLIENT_ID": f"noredis-{uuid.uuid4().hex[:8]}",
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "mqtt_listen"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    board = SimBoard(broker.port, 1)
+    try:
+        assert ask_until_answered(board, {"action": "checkmachine"})["name"] == "LASER 1"
+        # Each state change triggers a dashboard broadcast that cannot be delivered; the replies still come within
+        # the board's 2 s (SimBoard.ask's timeout), in order.
+        assert board.ask({"action": "startuse", "uid": "aabbccd3"})["request_ok"] is True
+        for duration in (30, 60):
+            assert board.ask({"action": "checkmachine"})["allowed"] is True
+            assert board.ask({"action": "inuse", "uid": "aabbccd3", "duration": duration})["request_ok"] is True
+        assert board.ask({"action": "stopuse", "uid": "aabbccd3", "duration": 65})["request_ok"] is True
+        assert board.ask({"action": "startuse", "uid": "aabbccd1"})["request_ok"] is True
+        assert proc.poll() is None, "the bridge died"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, output.decode()
+        assert b"live update for machines [1] failed" in output  # the broadcasts were tried, and failed
+    finally:
+        board.close()
+        if proc.poll() is None:
+            proc.kill()
+    closed = Use.objects.get(member=lab.normal)
+    assert (closed.duration, closed.ended_at - closed.started_at) == (65, timedelta(seconds=65))
+    assert Use.objects.filter(member=lab.admin, ended_at__isnull=True).count() == 1
 
 
 requests = st.one_of(
