@@ -35,7 +35,7 @@ from fabomatic.admin import (
 )
 from members.models import Member
 
-from . import charts, services
+from . import charts, live, services
 from .forms import InterventionAddForm, UseAddForm, UseCorrectForm
 from .models import Authorization, Intervention, Machine, MachineType, MaintenancePlan, Use
 from .resources import InterventionResource, MachineResource, UseResource
@@ -56,6 +56,40 @@ def plan_badge(plan: MaintenancePlan, machine_hours: float) -> str:
     if since > 0.9 * plan.hours_between:
         return badge(text, "warn", _("Due soon: %(description)s") % {"description": plan.description})
     return badge(text, "ok", plan.description)
+
+
+class LiveUpdatesMixin:
+    """Portal edits that change a machine's tile reach open dashboards once they commit.
+
+    ``machine_field`` names the machine of a row (``None``: the row is the machine itself).
+    """
+
+    machine_field: str | None = "machine"
+
+    def machine_id_of(self, obj: Any) -> int:
+        return obj.pk if self.machine_field is None else getattr(obj, f"{self.machine_field}_id")
+
+    def push_live(self, machine_ids: Any) -> None:
+        for machine_id in set(machine_ids):
+            live.broadcast_machine_on_commit(machine_id)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)  # type: ignore[misc]
+        self.push_live([self.machine_id_of(obj)])
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)  # type: ignore[misc]
+        self.push_live([self.machine_id_of(form.instance)])  # inlines: maintenance plans
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        machine_id = self.machine_id_of(obj)
+        super().delete_model(request, obj)  # type: ignore[misc]
+        self.push_live([machine_id])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        machine_ids = [self.machine_id_of(obj) for obj in queryset]
+        super().delete_queryset(request, queryset)  # type: ignore[misc]
+        self.push_live(machine_ids)
 
 
 # --- list filters ------------------------------------------------------------------------------
@@ -271,7 +305,8 @@ def _board_inline() -> type[admin.StackedInline]:
 
 
 @admin.register(Machine)
-class MachineAdmin(ExcelExportMixin, admin.ModelAdmin):
+class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
+    machine_field = None
     resource_classes = [MachineResource]
     show_change_form_export = False
     change_form_template = "admin/machines/machine/change_form.html"
@@ -338,12 +373,16 @@ class MachineAdmin(ExcelExportMixin, admin.ModelAdmin):
 
     @admin.action(description=gettext_lazy("Block the selected machines"), permissions=["change"])
     def block(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
+        machine_ids = list(queryset.values_list("pk", flat=True))
         n = queryset.update(blocked=True)
+        self.push_live(machine_ids)
         self.message_user(request, ngettext("%(n)d machine blocked.", "%(n)d machines blocked.", n) % {"n": n})
 
     @admin.action(description=gettext_lazy("Unblock the selected machines"), permissions=["change"])
     def unblock(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
+        machine_ids = list(queryset.values_list("pk", flat=True))
         n = queryset.update(blocked=False)
+        self.push_live(machine_ids)
         self.message_user(request, ngettext("%(n)d machine unblocked.", "%(n)d machines unblocked.", n) % {"n": n})
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list, dict, set, list]:
@@ -459,6 +498,7 @@ def _record(model_admin: MachineAdmin, request: HttpRequest, machine_id: int, pl
         raise PermissionDenied
     plan = get_object_or_404(MaintenancePlan, pk=plan_id, machine=machine)
     services.record_interventions(machine=machine, member=request.user, plans=[plan])
+    model_admin.push_live([machine.pk])
     model_admin.message_user(
         request,
         _("Intervention recorded: “%(plan)s”; its counter restarts from the current hour meter.")
@@ -472,7 +512,7 @@ def _record(model_admin: MachineAdmin, request: HttpRequest, machine_id: int, pl
 
 
 @admin.register(MaintenancePlan)
-class MaintenancePlanAdmin(admin.ModelAdmin):
+class MaintenancePlanAdmin(LiveUpdatesMixin, admin.ModelAdmin):
     formfield_overrides = URL_FIELDS
     list_display = ["description", "machine", "lcd_message", "every", "since", "instructions"]
     list_filter = [PlanDueFilter, MachineFilter]
@@ -506,6 +546,7 @@ class MaintenancePlanAdmin(admin.ModelAdmin):
         for machine_id in {p.machine_id for p in plans}:
             items = [p for p in plans if p.machine_id == machine_id]
             services.record_interventions(machine=items[0].machine, member=request.user, plans=items)
+        self.push_live(p.machine_id for p in plans)
         self.message_user(
             request,
             ngettext("%(n)d intervention recorded.", "%(n)d interventions recorded.", len(plans)) % {"n": len(plans)},
@@ -548,7 +589,7 @@ class HistoryAdmin(ExcelExportMixin, admin.ModelAdmin):
 
 
 @admin.register(Use)
-class UseAdmin(HistoryAdmin):
+class UseAdmin(LiveUpdatesMixin, HistoryAdmin):
     resource_classes = [UseResource]
     change_form_template = "admin/machines/use/change_form.html"
     list_display = ["started", "member", "machine", "ended", "duration_hm", "last_seen"]
@@ -623,6 +664,7 @@ class UseAdmin(HistoryAdmin):
         ended = 0
         for use in queryset.filter(ended_at__isnull=True):
             services.close_use(use, ended_at=now)
+            self.push_live([use.machine_id])
             ended += 1
         if ended:
             self.message_user(
@@ -633,7 +675,7 @@ class UseAdmin(HistoryAdmin):
 
 
 @admin.register(Intervention)
-class InterventionAdmin(HistoryAdmin):
+class InterventionAdmin(LiveUpdatesMixin, HistoryAdmin):
     resource_classes = [InterventionResource]
     list_display = ["when", "plan_description", "machine", "member", "meter"]
     list_display_links = ["when"]
