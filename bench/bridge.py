@@ -207,11 +207,37 @@ def pcts(r: Result) -> str:
     return f"p50 {r.pct(50):.1f} ms  p95 {r.pct(95):.1f} ms  p99 {r.pct(99):.1f} ms"
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    """The process's resident set (VmRSS) or its peak (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run_load(label: str, coro_fn, bridge_pid: int, broker_pid: int) -> Result:
+    """Run one load and print its line, with the CPU used by the generator (this process), bridge and broker."""
+    own, bridge0, broker0 = time.process_time(), cpu_seconds(bridge_pid), cpu_seconds(broker_pid)
+    result = asyncio.run(coro_fn())
+    wall = result.elapsed or 1.0
+    cpu = (
+        f"cpu: generator {100 * (time.process_time() - own) / wall:.0f}%"
+        f"  bridge {100 * (cpu_seconds(bridge_pid) - bridge0) / wall:.0f}%"
+        f"  broker {100 * (cpu_seconds(broker_pid) - broker0) / wall:.0f}% of a core;  {load()}"
+    )
+    print(result.line(label), flush=True)
+    print(f"{'':<34} {cpu}", flush=True)
+    return result
 
 
 # --- loads ---------------------------------------------------------------------------------
@@ -363,19 +389,34 @@ def main(argv: list[str] | None = None) -> int:
         try:
             asyncio.run(wait_for_bridge(broker.port))
             print(f"machine: {os.cpu_count()} cores, {sys.platform}; broker mosquitto with set_tcp_nodelay", flush=True)
+            idle = rss_mb(bridge.pid)
+            print(f"bridge RSS idle: {idle:.1f} MB;  {load()}", flush=True)
+            broker_pid = broker.process.pid  # type: ignore[union-attr]
             rows = []
             for label, history in (("empty history", 0), (f"{args.history:,} uses", args.history)):
                 if history:
                     took = add_history(db_path, history)
                     print(f"inserted {history:,} uses in {took:.1f} s", flush=True)
-                single_r = asyncio.run(single(broker.port, 300 if args.quick else 1000))
-                print(single_r.line(f"single board [{label}]"), flush=True)
-                a = asyncio.run(closed_loop(broker.port, 20, args.closed, first_machine=1))
-                print(a.line(f"(a) 20 boards closed loop [{label}]"), flush=True)
-                b = asyncio.run(fleet(broker.port, args.boards, args.duration, seed_value=history))
-                print(b.line(f"(b) {args.boards} boards cadence [{label}]"), flush=True)
+                single_r = run_load(
+                    f"single board [{label}]",
+                    lambda: single(broker.port, 300 if args.quick else 1000),
+                    bridge.pid,
+                    broker_pid,
+                )
+                a = run_load(
+                    f"(a) 20 boards closed loop [{label}]",
+                    lambda: closed_loop(broker.port, 20, args.closed, first_machine=1),
+                    bridge.pid,
+                    broker_pid,
+                )
+                b = run_load(
+                    f"(b) {args.boards} boards cadence [{label}]",
+                    lambda: fleet(broker.port, args.boards, args.duration, seed_value=history),  # noqa: B023
+                    bridge.pid,
+                    broker_pid,
+                )
                 rows.append((label, single_r, a, b))
-            rss = rss_mb(bridge.pid)
+            rss, peak = rss_mb(bridge.pid), rss_mb(bridge.pid, "VmHWM")
         finally:
             bridge.terminate()
             _out, err = bridge.communicate(timeout=30)
@@ -387,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    (b) fleet          {b.timeouts} timeouts  {b.rate:.0f} replies/s  {pcts(b)}")
         (_, _, a0, b0), (_, _, a1, b1) = rows
         print(f"  1M-use / empty (a) throughput: {a1.rate / a0.rate:.2f}   (b) p99: {b1.pct(99) / b0.pct(99):.2f}")
-        print(f"  bridge RSS after load: {rss:.1f} MB;  bridge exit code on SIGTERM: {bridge.returncode}")
+        print(f"  bridge RSS idle {idle:.1f} MB, after load {rss:.1f} MB (peak {peak:.1f} MB)")
+        print(f"  bridge exit code on SIGTERM: {bridge.returncode};  {load()}")
         ok = (
             a0.rate >= 1000
             and a0.pct(99) < 50
@@ -395,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
             and b0.pct(99) < 100
             and b1.timeouts == 0
             and a1.rate >= 0.9 * a0.rate
-            and rss < 80
+            and a1.pct(99) < 50
+            and b1.pct(99) < 100
+            and peak < 80
         )
         print(f"  targets met: {'yes' if ok else 'NO'}")
         if err.strip():
