@@ -34,6 +34,7 @@ from fabomatic.admin import (
     short_datetime,
 )
 from members.models import Member
+from telemetry.credentials import issue_board_credentials
 
 from . import charts, live, services
 from .forms import InterventionAddForm, UseAddForm, UseCorrectForm
@@ -340,7 +341,7 @@ class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
             },
         ),
     ]
-    actions = ["block", "unblock", "export_admin_action", "delete_selected"]
+    actions = ["block", "unblock", issue_board_credentials, "export_admin_action", "delete_selected"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Machine]:
         return super().get_queryset(request).prefetch_related("plans")

@@ -141,10 +141,8 @@ def write_files(password_file: Path | None = None, acl_file: Path | None = None)
     return password_file, acl_file
 
 
-@admin.action(description=_("New board credentials (shows the secret once)"), permissions=["change"])
-def issue_board_credentials(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> TemplateResponse:
-    """Admin action for the Machine or Board changelist: new secrets, shown on the page that follows only."""
-    machines = [getattr(obj, "machine", obj) for obj in queryset]
+def credentials_page(request: HttpRequest, admin_site: Any, machines: list[Any]) -> TemplateResponse:
+    """Issue new secrets for these machines' boards, rewrite the broker files, and show the secrets once."""
     with transaction.atomic():
         issued = [issue(m) for m in machines]
     try:
@@ -154,10 +152,15 @@ def issue_board_credentials(modeladmin: Any, request: HttpRequest, queryset: Que
         logger.exception("Could not write the Mosquitto password and ACL files")
         written = False
     context = {
-        **modeladmin.admin_site.each_context(request),
+        **admin_site.each_context(request),
         "title": _("Board credentials"),
         "issued": issued,
         "files_written": written,
-        "broker": settings.MQTT,
     }
     return TemplateResponse(request, "admin/board_credentials.html", context)
+
+
+@admin.action(description=_("New board credentials (shows the secret once)"), permissions=["change"])
+def issue_board_credentials(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> TemplateResponse:
+    """Admin action for the Machine or Board changelist: new secrets, shown on the page that follows only."""
+    return credentials_page(request, modeladmin.admin_site, [getattr(obj, "machine", obj) for obj in queryset])

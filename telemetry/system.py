@@ -217,18 +217,4 @@ def credentials_view(request: HttpRequest, machine_id: int) -> HttpResponse:
     """Issue a new MQTT secret for one machine's board and show it once."""
     if not _may_administer(request):
         raise PermissionDenied
-    machine = get_object_or_404(Machine, pk=machine_id)
-    issued = credentials.issue(machine)
-    try:
-        credentials.write_files()
-        written = True
-    except OSError:
-        logger.exception("Could not write the Mosquitto password and ACL files")
-        written = False
-    context = {
-        **admin.site.each_context(request),
-        "title": _("Board credentials"),
-        "issued": [issued],
-        "files_written": written,
-    }
-    return TemplateResponse(request, "admin/board_credentials.html", context)
+    return credentials.credentials_page(request, admin.site, [get_object_or_404(Machine, pk=machine_id)])

@@ -114,3 +114,20 @@ def test_an_administrator_issues_a_board_secret_shown_once(
     assert f"board-1:{credential.password_hash}" in (tmp_path / "passwd").read_text()
     assert "topic write machine/1" in (tmp_path / "acl").read_text()
     assert client.get("/admin/system/").content.decode().count(credential.password_hash) == 0
+
+
+def test_the_machines_list_action_issues_secrets_for_the_selected_boards(
+    admin_client: Client, lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOSQUITTO_PASSWORD_FILE", str(tmp_path / "passwd"))
+    monkeypatch.setenv("MOSQUITTO_ACL_FILE", str(tmp_path / "acl"))
+
+    page = admin_client.post(
+        "/admin/machines/machine/",
+        {"action": "issue_board_credentials", "_selected_action": [lab.laser.pk, lab.printer.pk]},
+    ).content.decode()
+
+    assert "board-1" in page and "board-2" in page
+    assert BoardCredential.objects.count() == 2
+    passwords = (tmp_path / "passwd").read_text()
+    assert all(f"board-{c.machine_id}:{c.password_hash}" in passwords for c in BoardCredential.objects.all())
