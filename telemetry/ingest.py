@@ -1,8 +1,13 @@
 """Board requests → database rows → the reply the board expects.
 
-Every request is one short transaction: the machine's ``last_seen`` is touched first (one UPDATE, which also tells
-whether the machine exists and, on PostgreSQL, locks its row so two bridges serialise per machine), then the action's
-work, then commit. Only after the commit does the caller publish the reply and broadcast to the live dashboard.
+Read-only requests from a machine that is online (checkmachine, checkuser of a known card, inuse of the session on
+record, alive of a known board) take the fast path: one raw query, no write transaction; their "heard from" stamps are
+written in batches (:func:`flush_heartbeats`, every ``FLUSH_EVERY`` s from the bridge's worker).
+
+Every other request is one short transaction: the machine's ``last_seen`` is touched first (one UPDATE, which also
+tells whether the machine exists and, on PostgreSQL, locks its row so two bridges serialise per machine), then the
+action's work, then commit. Only after the commit does the caller publish the reply and broadcast to the live
+dashboard.
 
 Use lifecycle (board-protocol §7; idempotent under the board's replays and duplicates):
 
@@ -67,8 +72,13 @@ class Outcome:
 
 
 def handle_message(machine_id: int, request: p.Request) -> p.Reply | None:
-    """Process one request and return the reply to publish (None: send nothing). Never raises."""
+    """Process one request and return the reply to publish (None: send nothing). Never raises.
+
+    The synchronous single-request API (the bridge's worker calls :func:`process` and batches the heartbeats itself):
+    the fast path's stamps are written at once.
+    """
     outcome = process(machine_id, request)
+    flush_heartbeats()
     after_reply(machine_id, outcome)
     return outcome.reply
 

@@ -4,8 +4,9 @@ Threads:
 - paho's network thread reads and writes the socket; ``on_message`` only parses nothing, counts and enqueues, so the
   socket is never blocked by the database (keep-alives and other boards' traffic keep flowing);
 - one worker thread takes messages in arrival order, does the database work (``telemetry.ingest``), publishes the
-  reply, then hands the dashboard update to the live thread. Orphan housekeeping runs on the same worker;
-- one live thread broadcasts dashboard tiles and heartbeats (``machines.live``), coalesced per machine;
+  reply, then hands the dashboard update to the live thread. Orphan housekeeping runs on the same worker, and so
+  does the batched write of the read-only requests' heartbeat stamps (``ingest.flush_heartbeats``, every 0.5 s);
+- one live thread broadcasts dashboard tiles and heartbeats (``machines.live``), coalesced per machine, in batches;
 - the caller's thread (``mqtt_listen``) publishes stats every 5 s and schedules the housekeeping.
 
 A request that waited longer than ``STALE_SECONDS`` in the queue is past the board's 2 s timeout: its reply would be
