@@ -1,6 +1,6 @@
 """Benchmark of the board bridge: simulated boards → real Mosquitto → ``manage.py mqtt_listen`` → SQLite.
 
-    .venv/bin/python -m bench.bridge [--quick] [--boards 1000] [--duration 60]
+    .venv/bin/python -m bench.bridge [--quick] [--boards 1000] [--duration 60] [--no-redis]
 
 Starts its own Mosquitto (deploy/mosquitto/dev.conf: set_tcp_nodelay) and its own bridge process on a fresh SQLite
 file, seeds 1,000 machines and 2,000 members, then measures:
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -37,7 +38,7 @@ from . import mqttlite
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import mosquitto  # noqa: E402  (the tests' throwaway broker, same config)
+from tests.services import Broker, mosquitto, redis_server  # noqa: E402  (the tests' throwaway servers, same config)
 
 TIMEOUT = 2.0
 MACHINES = 1000
@@ -358,93 +359,104 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (b)")
     parser.add_argument("--closed", type=float, default=15.0, help="seconds of load (a)")
     parser.add_argument("--history", type=int, default=1_000_000)
+    parser.add_argument(
+        "--no-redis",
+        action="store_true",
+        help="no channel layer (by default the bridge broadcasts dashboard updates to its own Redis, as deployed)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.closed, args.history = 35.0, 5.0, 100_000
 
-    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp, mosquitto() as broker:
-        db_path = Path(tmp) / "bench.sqlite3"
-        env = {
-            **os.environ,
-            "FABOMATIC_DATA_DIR": tmp,
-            "FABOMATIC_ENV_FILE": "/nonexistent",
-            "SECRET_KEY": "bench",
-            "DEBUG": "0",
-            "DATABASE_URL": f"sqlite:///{db_path}",
-            "MQTT_BROKER_URL": broker.url,
-            "MQTT_TOPIC": "machine",
-            "MQTT_CLIENT_ID": "bench-bridge",
-            "REDIS_URL": "",
-            "LOG_LEVEL": "WARNING",
-            "DJANGO_SETTINGS_MODULE": "fabomatic.settings",
-        }
-        os.environ.update(
-            {k: env[k] for k in ("FABOMATIC_DATA_DIR", "FABOMATIC_ENV_FILE", "SECRET_KEY", "DATABASE_URL")}
-        )
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fabomatic.settings")
-        t = time.perf_counter()
-        seed(db_path)
-        print(f"seeded {MACHINES} machines, {MEMBERS} members in {time.perf_counter() - t:.1f} s", flush=True)
-        bridge = start_bridge(env)
-        try:
-            asyncio.run(wait_for_bridge(broker.port))
-            print(f"machine: {os.cpu_count()} cores, {sys.platform}; broker mosquitto with set_tcp_nodelay", flush=True)
-            idle = rss_mb(bridge.pid)
-            print(f"bridge RSS idle: {idle:.1f} MB;  {load()}", flush=True)
-            broker_pid = broker.process.pid  # type: ignore[union-attr]
-            rows = []
-            for label, history in (("empty history", 0), (f"{args.history:,} uses", args.history)):
-                if history:
-                    took = add_history(db_path, history)
-                    print(f"inserted {history:,} uses in {took:.1f} s", flush=True)
-                single_r = run_load(
-                    f"single board [{label}]",
-                    lambda: single(broker.port, 300 if args.quick else 1000),
-                    bridge.pid,
-                    broker_pid,
-                )
-                a = run_load(
-                    f"(a) 20 boards closed loop [{label}]",
-                    lambda: closed_loop(broker.port, 20, args.closed, first_machine=1),
-                    bridge.pid,
-                    broker_pid,
-                )
-                b = run_load(
-                    f"(b) {args.boards} boards cadence [{label}]",
-                    lambda: fleet(broker.port, args.boards, args.duration, seed_value=history),  # noqa: B023
-                    bridge.pid,
-                    broker_pid,
-                )
-                rows.append((label, single_r, a, b))
-            rss, peak = rss_mb(bridge.pid), rss_mb(bridge.pid, "VmHWM")
-        finally:
-            bridge.terminate()
-            _out, err = bridge.communicate(timeout=30)
-        print("\nSummary")
-        for label, single_r, a, b in rows:
-            print(f"  [{label}]")
-            print(f"    single board       {pcts(single_r)}")
-            print(f"    (a) 20 closed loop {a.rate:.0f} replies/s  {pcts(a)}")
-            print(f"    (b) fleet          {b.timeouts} timeouts  {b.rate:.0f} replies/s  {pcts(b)}")
-        (_, _, a0, b0), (_, _, a1, b1) = rows
-        print(f"  1M-use / empty (a) throughput: {a1.rate / a0.rate:.2f}   (b) p99: {b1.pct(99) / b0.pct(99):.2f}")
-        print(f"  bridge RSS idle {idle:.1f} MB, after load {rss:.1f} MB (peak {peak:.1f} MB)")
-        print(f"  bridge exit code on SIGTERM: {bridge.returncode};  {load()}")
-        ok = (
-            a0.rate >= 1000
-            and a0.pct(99) < 50
-            and b0.timeouts == 0
-            and b0.pct(99) < 100
-            and b1.timeouts == 0
-            and a1.rate >= 0.9 * a0.rate
-            and a1.pct(99) < 50
-            and b1.pct(99) < 100
-            and peak < 80
-        )
-        print(f"  targets met: {'yes' if ok else 'NO'}")
-        if err.strip():
-            print("bridge stderr (tail):\n" + "\n".join(err.decode(errors="replace").splitlines()[-15:]))
-        return 0
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-bridge-"))
+        broker = stack.enter_context(mosquitto())
+        redis_url = "" if args.no_redis else stack.enter_context(redis_server()).url
+        return _run(args, tmp, broker, redis_url)
+
+
+def _run(args: argparse.Namespace, tmp: str, broker: Broker, redis_url: str) -> int:
+    db_path = Path(tmp) / "bench.sqlite3"
+    env = {
+        **os.environ,
+        "FABOMATIC_DATA_DIR": tmp,
+        "FABOMATIC_ENV_FILE": "/nonexistent",
+        "SECRET_KEY": "bench",
+        "DEBUG": "0",
+        "DATABASE_URL": f"sqlite:///{db_path}",
+        "MQTT_BROKER_URL": broker.url,
+        "MQTT_TOPIC": "machine",
+        "MQTT_CLIENT_ID": "bench-bridge",
+        "REDIS_URL": redis_url,
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_SETTINGS_MODULE": "fabomatic.settings",
+    }
+    os.environ.update({k: env[k] for k in ("FABOMATIC_DATA_DIR", "FABOMATIC_ENV_FILE", "SECRET_KEY", "DATABASE_URL")})
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fabomatic.settings")
+    t = time.perf_counter()
+    seed(db_path)
+    print(f"seeded {MACHINES} machines, {MEMBERS} members in {time.perf_counter() - t:.1f} s", flush=True)
+    bridge = start_bridge(env)
+    try:
+        asyncio.run(wait_for_bridge(broker.port))
+        print(f"machine: {os.cpu_count()} cores, {sys.platform}; broker mosquitto with set_tcp_nodelay", flush=True)
+        print(f"channel layer: {'Redis (pub/sub layer)' if redis_url else 'none (in-memory, nobody listens)'}")
+        idle = rss_mb(bridge.pid)
+        print(f"bridge RSS idle: {idle:.1f} MB;  {load()}", flush=True)
+        broker_pid = broker.process.pid  # type: ignore[union-attr]
+        rows = []
+        for label, history in (("empty history", 0), (f"{args.history:,} uses", args.history)):
+            if history:
+                took = add_history(db_path, history)
+                print(f"inserted {history:,} uses in {took:.1f} s", flush=True)
+            single_r = run_load(
+                f"single board [{label}]",
+                lambda: single(broker.port, 300 if args.quick else 1000),
+                bridge.pid,
+                broker_pid,
+            )
+            a = run_load(
+                f"(a) 20 boards closed loop [{label}]",
+                lambda: closed_loop(broker.port, 20, args.closed, first_machine=1),
+                bridge.pid,
+                broker_pid,
+            )
+            b = run_load(
+                f"(b) {args.boards} boards cadence [{label}]",
+                lambda: fleet(broker.port, args.boards, args.duration, seed_value=history),  # noqa: B023
+                bridge.pid,
+                broker_pid,
+            )
+            rows.append((label, single_r, a, b))
+        rss, peak = rss_mb(bridge.pid), rss_mb(bridge.pid, "VmHWM")
+    finally:
+        bridge.terminate()
+        _out, err = bridge.communicate(timeout=30)
+    print("\nSummary")
+    for label, single_r, a, b in rows:
+        print(f"  [{label}]")
+        print(f"    single board       {pcts(single_r)}")
+        print(f"    (a) 20 closed loop {a.rate:.0f} replies/s  {pcts(a)}")
+        print(f"    (b) fleet          {b.timeouts} timeouts  {b.rate:.0f} replies/s  {pcts(b)}")
+    (_, _, a0, b0), (_, _, a1, b1) = rows
+    print(f"  1M-use / empty (a) throughput: {a1.rate / a0.rate:.2f}   (b) p99: {b1.pct(99) / b0.pct(99):.2f}")
+    print(f"  bridge RSS idle {idle:.1f} MB, after load {rss:.1f} MB (peak {peak:.1f} MB)")
+    print(f"  bridge exit code on SIGTERM: {bridge.returncode};  {load()}")
+    ok = (
+        a0.rate >= 1000
+        and a0.pct(99) < 50
+        and b0.timeouts == 0
+        and b0.pct(99) < 100
+        and b1.timeouts == 0
+        and a1.rate >= 0.9 * a0.rate
+        and a1.pct(99) < 50
+        and b1.pct(99) < 100
+        and peak < 80
+    )
+    print(f"  targets met: {'yes' if ok else 'NO'}")
+    if err.strip():
+        print("bridge stderr (tail):\n" + "\n".join(err.decode(errors="replace").splitlines()[-15:]))
+    return 0
 
 
 if __name__ == "__main__":
