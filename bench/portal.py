@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import queue
 import statistics
 import subprocess
@@ -28,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from .common import ROOT, django_env, run_python
+
 STAFF_EMAIL = "bench@lab.test"
 CARD = "be000001"
 BOARD_ID = 1
@@ -152,30 +152,6 @@ result = {
 }
 print(json.dumps(result))
 """
-
-
-def _env(data_dir: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        FABOMATIC_DATA_DIR=data_dir,
-        FABOMATIC_ENV_FILE="/nonexistent",
-        DJANGO_SETTINGS_MODULE="fabomatic.settings",
-        SECRET_KEY="bench-only-insecure-key",
-        DEBUG="0",
-        SECURE_SSL="0",
-        REDIS_URL="",
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(ROOT),
-    )
-    env.pop("DATABASE_URL", None)
-    return env
-
-
-def _python(code: str, *args: str, env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    if done.returncode:
-        raise SystemExit(f"benchmark step failed (exit {done.returncode}), see the traceback above")
-    return done.stdout
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -362,13 +338,13 @@ def main(argv: list[str] | None = None) -> int:
 
     ok = True
     with tempfile.TemporaryDirectory(prefix="bench-portal-") as data_dir:
-        env = _env(data_dir)
+        env = django_env(data_dir)
         t = time.perf_counter()
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-        _python(POPULATE, str(args.uses), str(args.machines), CARD, STAFF_EMAIL, env=env)
+        run_python(POPULATE, str(args.uses), str(args.machines), CARD, STAFF_EMAIL, env=env)
         print(f"database: {args.machines} machines, {args.uses:,} uses ({time.perf_counter() - t:.0f} s to build)")
 
-        render = json.loads(_python(MEASURE, STAFF_EMAIL, env=env))
+        render = json.loads(run_python(MEASURE, STAFF_EMAIL, env=env))
         dash, uses, filtered = render["dashboard"], render["uses_list"], render["uses_list_filtered"]
         print(
             f"dashboard (admin index):  median {dash['median_ms']:.1f} ms, max {dash['max_ms']:.1f} ms, "

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .common import ROOT, django_env
 
 RUNNER = """
 import json, resource, sys, time
@@ -33,23 +31,6 @@ if sys.argv[1] == "purge":
 print(json.dumps({"seconds": time.perf_counter() - t, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "summary": out.getvalue().strip()}))
 """
-
-
-def _env(data_dir: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        FABOMATIC_DATA_DIR=data_dir,
-        FABOMATIC_ENV_FILE="/nonexistent",
-        DJANGO_SETTINGS_MODULE="fabomatic.settings",
-        SECRET_KEY="bench-only-insecure-key",
-        DEBUG="0",
-        SECURE_SSL="0",
-        REDIS_URL="",
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(ROOT),
-    )
-    env.pop("DATABASE_URL", None)
-    return env
 
 
 def _populate(env: dict[str, str], uses: int, recent: int) -> None:
@@ -97,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--uses", type=int, default=1_000_000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-purge-") as tmp:
-        env = _env(tmp)
+        env = django_env(tmp)
         t = time.perf_counter()
         _populate(env, args.uses, recent=10_000)
         setup = time.perf_counter() - t
