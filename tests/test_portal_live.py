@@ -75,3 +75,14 @@ def test_the_uses_list_walks_an_index_instead_of_sorting(
         plan = " | ".join(str(row[-1]) for row in cursor.fetchall())
     assert "TEMP B-TREE FOR ORDER BY" not in plan, plan
     assert "use_" in plan, plan
+
+
+def test_member_and_machine_pages_list_their_latest_uses(admin_client: Client, lab: Lab) -> None:
+    now = timezone.now()
+    use = Use.objects.create(member=lab.normal, machine=lab.laser, started_at=now, last_seen=now, replay=True)
+    link = reverse("admin:machines_use_change", args=[use.pk])
+    machine_page = admin_client.get(reverse("admin:machines_machine_change", args=[lab.laser.pk])).content.decode()
+    member_page = admin_client.get(reverse("admin:members_member_change", args=[lab.normal.pk])).content.decode()
+    assert f'<a href="{link}">{lab.normal}</a>' in machine_page  # the machine page names the member
+    assert f'<a href="{link}">{lab.laser}</a>' in member_page  # the member page names the machine
+    assert "fab-icon" in machine_page and "fab-icon" in member_page  # replayed: flagged
