@@ -120,6 +120,17 @@ def _nice_max(value: float) -> float:
     return float(value)
 
 
+def _svg_open(width: int, height: int, title: str) -> SafeString:
+    """The opening tag of an accessible chart: its title is both the label and the tooltip."""
+    return format_html(
+        '<svg class="fab-chart" viewBox="0 0 {} {}" role="img" aria-label="{}"><title>{}</title>',
+        width,
+        height,
+        title,
+        title,
+    )
+
+
 def bar_chart(bars: list[Bar], *, title: str, period: str) -> SafeString:
     """A vertical bar chart: one bar per period, hours on the y axis, a tooltip per bar."""
     width, height = 640, 220
@@ -128,13 +139,7 @@ def bar_chart(bars: list[Bar], *, title: str, period: str) -> SafeString:
     top_value = _nice_max(max((b.hours for b in bars), default=0) or 1)
     slot = plot_w / max(len(bars), 1)
     parts = [
-        format_html(
-            '<svg class="fab-chart" viewBox="0 0 {} {}" role="img" aria-label="{}"><title>{}</title>',
-            width,
-            height,
-            title,
-            title,
-        ),
+        _svg_open(width, height, title),
         format_html('<text x="{}" y="14" font-size="12" font-weight="bold">{}</text>', left, title),
     ]
     for fraction in (0, 0.5, 1):
@@ -191,15 +196,7 @@ def machines_weeks_chart(rows: list[MachineWeeks], *, title: str) -> SafeString:
     width = label_w + weeks * (bar_w + gap) + total_w
     height = 34 + row_h * max(len(rows), 1)
     top_value = max((b.hours for r in rows for b in r.bars), default=0) or 1
-    parts = [
-        format_html(
-            '<svg class="fab-chart" viewBox="0 0 {} {}" role="img" aria-label="{}"><title>{}</title>',
-            width,
-            height,
-            title,
-            title,
-        )
-    ]
+    parts = [_svg_open(width, height, title)]
     if rows:
         for i, bar in enumerate(rows[0].bars):
             if i % 2 == 0 or weeks <= 8:
