@@ -6,6 +6,7 @@ Every setting that an operator may change is documented in README.md and .env.ex
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -255,7 +256,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 # process (web, mqtt_listen, purge, ...), so no two processes ever rotate the same file; the System page shows
 # their last lines. LOG_DIR= (empty) turns the files off; tests never write them.
 LOG_DIR = env.str("LOG_DIR", default=str(DATA_DIR / "log"))
-_argv = [os.path.basename(a) for a in __import__("sys").argv[:2]]
+_argv = [os.path.basename(a) for a in sys.argv[:2]]
 _process = _argv[1] if _argv and _argv[0] == "manage.py" and len(_argv) > 1 else "web"
 _log_handlers = ["console"]
 LOGGING = {
@@ -269,7 +270,7 @@ LOGGING = {
         for app in ("fabomatic", "members", "machines", "telemetry")
     },
 }
-if LOG_DIR and "pytest" not in __import__("sys").modules and _process not in ("test", "shell", "check"):
+if LOG_DIR and "pytest" not in sys.modules and _process not in ("test", "shell", "check"):
     Path(LOG_DIR).mkdir(parents=True, exist_ok=True)
     LOGGING["handlers"]["file"] = {
         "class": "logging.handlers.RotatingFileHandler",
