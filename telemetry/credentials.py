@@ -112,6 +112,10 @@ def acl_file_text() -> str:
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    if path.exists() and not path.is_file():
+        # A device or a pipe (e.g. /dev/null, /dev/stdout): write into it; replacing it would destroy it (as root).
+        path.write_text(text)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -180,3 +181,16 @@ def test_a_rotated_secret_replaces_the_old_one(secure_broker: SecureBroker) -> N
     assert issued.username == "board-1" and issued.secret != secure_broker.secrets["board-1"]
     assert BoardCredential.objects.get(machine_id=1).password_hash != old_hash
     assert f"board-1:{BoardCredential.objects.get(machine_id=1).password_hash}" in credentials.password_file_text()
+
+
+def test_writing_to_a_device_writes_into_it_instead_of_replacing_it(tmp_path) -> None:
+    """As root, an atomic replace of /dev/null turned it into a regular file and broke the machine."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        credentials._write_atomically(fifo, "user board-1\n")
+        assert os.read(reader, 100) == b"user board-1\n"
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still a pipe, not replaced by a file
+    finally:
+        os.close(reader)
