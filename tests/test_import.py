@@ -68,65 +68,41 @@ def copy(tmp_path: Path, name: str = SAMPLE, *sql: str) -> Path:
     return target
 
 
+# 3 roles "admin"/"staff"/"fab users" (no name in common with ours), 11 users, cards "1234"/"5678" invalid.
+OLD_LAB = {
+    "tallies": {
+        "Roles": (3, 3, 0, 0),
+        "Members": (11, 11, 0, 0),
+        "Cards": (11, 9, 0, 2),
+        "Machine types": (3, 3, 0, 0),
+        "Machines": (11, 11, 0, 0),
+        "Authorizations": (0, 0, 0, 0),
+        "Maintenance plans": (11, 11, 0, 0),
+        "Interventions": (2, 2, 0, 0),
+        "Uses": (0, 0, 0, 0),
+        "Unknown cards": (0, 0, 0, 0),
+        "Boards": (0, 0, 0, 0),
+    },
+    "rows": {
+        "Role": 4 + 3,
+        "Member": 2 + 11,
+        "Card": 9,
+        "MachineType": 1 + 3,
+        "Machine": 11,
+        "Authorization": 0,
+        "MaintenancePlan": 11,
+        "Intervention": 2,
+        "Use": 0,
+        "UnknownCard": 0,
+        "Board": 0,
+    },
+}
+
 # Rows in the old files (sqlite3), and what ends up here after `bootstrap` + import.
 EXPECTED = {
-    # 3 roles "admin"/"staff"/"fab users" (no name in common with ours), 11 users, cards "1234"/"5678" invalid.
-    "database-0.2.11.db": {
-        "tallies": {
-            "Roles": (3, 3, 0, 0),
-            "Members": (11, 11, 0, 0),
-            "Cards": (11, 9, 0, 2),
-            "Machine types": (3, 3, 0, 0),
-            "Machines": (11, 11, 0, 0),
-            "Authorizations": (0, 0, 0, 0),
-            "Maintenance plans": (11, 11, 0, 0),
-            "Interventions": (2, 2, 0, 0),
-            "Uses": (0, 0, 0, 0),
-            "Unknown cards": (0, 0, 0, 0),
-            "Boards": (0, 0, 0, 0),
-        },
-        "rows": {
-            "Role": 4 + 3,
-            "Member": 2 + 11,
-            "Card": 9,
-            "MachineType": 1 + 3,
-            "Machine": 11,
-            "Authorization": 0,
-            "MaintenancePlan": 11,
-            "Intervention": 2,
-            "Use": 0,
-            "UnknownCard": 0,
-            "Board": 0,
-        },
-    },
-    "database-0.4.0.db": {
-        "tallies": {
-            "Roles": (3, 3, 0, 0),
-            "Members": (11, 11, 0, 0),
-            "Cards": (11, 9, 0, 2),
-            "Machine types": (3, 3, 0, 0),
-            "Machines": (11, 11, 0, 0),
-            "Authorizations": (0, 0, 0, 0),
-            "Maintenance plans": (11, 11, 0, 0),
-            "Interventions": (2, 2, 0, 0),
-            "Uses": (0, 0, 0, 0),
-            "Unknown cards": (0, 0, 0, 0),
-            "Boards": (0, 0, 0, 0),
-        },
-        "rows": {
-            "Role": 4 + 3,
-            "Member": 2 + 11,
-            "Card": 9,
-            "MachineType": 1 + 3,
-            "Machine": 11,
-            "Authorization": 0,
-            "MaintenancePlan": 11,
-            "Intervention": 2,
-            "Use": 0,
-            "UnknownCard": 0,
-            "Board": 0,
-        },
-    },
+    "database-0.2.11.db": OLD_LAB,
+    # The archived 0.4.0 database holds the same lab as 0.2.11, at a newer schema.
+    "database-0.4.0.db": OLD_LAB,
     # The 1.0.x seed: admins/Fab Staff/Fab Users/Anonymous match ours by name, "Default type" too;
     # the Anonymous user is ours; 13 cards (Anonymous has none).
     SAMPLE: {
