@@ -66,21 +66,27 @@ def test_it_reconnects_and_resubscribes_after_a_broker_restart(
         board.close()
 
 
-@pytest.mark.broker
-def test_sigterm_finishes_and_exits_zero(lab: Lab, broker: Broker) -> None:
+def spawn_bridge(broker: Broker, name: str, **env: str) -> subprocess.Popen:
+    """``manage.py mqtt_listen`` as a process of its own on the test database, its output captured."""
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
         "MQTT_BROKER_URL": broker.url,
-        "MQTT_CLIENT_ID": f"sigterm-{uuid.uuid4().hex[:8]}",
+        "MQTT_CLIENT_ID": f"{name}-{uuid.uuid4().hex[:8]}",
+        **env,
     }
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "manage.py", "mqtt_listen"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+@pytest.mark.broker
+def test_sigterm_finishes_and_exits_zero(lab: Lab, broker: Broker) -> None:
+    proc = spawn_bridge(broker, "sigterm")
     board = SimBoard(broker.port, 1)
     try:
         assert ask_until_answered(board, {"action": "startuse", "uid": "aabbccd3"})["request_ok"] is True
@@ -98,20 +104,7 @@ def test_sigterm_finishes_and_exits_zero(lab: Lab, broker: Broker) -> None:
 @pytest.mark.broker
 def test_it_keeps_answering_and_recording_when_redis_is_down(lab: Lab, broker: Broker) -> None:
     """The live dashboard's channel layer (Redis) is unreachable: boards are still answered and uses recorded."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
-        "MQTT_BROKER_URL": broker.url,
-        "MQTT_CLIENT_ID": f"noredis-{uuid.uuid4().hex[:8]}",
-        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "mqtt_listen"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = spawn_bridge(broker, "noredis", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     board = SimBoard(broker.port, 1)
     try:
         assert ask_until_answered(board, {"action": "checkmachine"})["name"] == "LASER 1"
