@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.dateparse import parse_date
 from django.utils.functional import cached_property
@@ -53,6 +54,23 @@ class ExcelExportMixin(ExportActionMixin):
         # Native numbers and dates in the sheet (import-export only does this for its own XLSX class).
         kwargs["force_native_type"] = True
         return super().get_data_for_export(request, queryset, **kwargs)
+
+
+class InUseDeleteMixin:
+    """Refuse the delete page of a row that others still point to (PROTECT), saying why, instead of a 500."""
+
+    def in_use_message(self, obj: Any) -> str | None:
+        """Why ``obj`` cannot be deleted now, or None."""
+        raise NotImplementedError
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
+        obj = self.get_object(request, object_id)  # type: ignore[attr-defined]
+        message = self.in_use_message(obj) if obj is not None else None
+        if message:
+            self.message_user(request, message, messages.ERROR)  # type: ignore[attr-defined]
+            opts = obj._meta
+            return HttpResponseRedirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]))
+        return super().delete_view(request, object_id, extra_context)  # type: ignore[misc]
 
 
 admin.site.site_header = "Fab-O-Matic"

@@ -27,6 +27,7 @@ from fabomatic.admin import (
     CappedPaginator,
     DateRangeFilter,
     ExcelExportMixin,
+    InUseDeleteMixin,
     badge,
     format_hours,
     format_seconds,
@@ -202,7 +203,7 @@ class PlanDueFilter(admin.SimpleListFilter):
 
 
 @admin.register(MachineType)
-class MachineTypeAdmin(admin.ModelAdmin):
+class MachineTypeAdmin(InUseDeleteMixin, admin.ModelAdmin):
     list_display = ["name", "logoff", "grace", "requires_authorization", "machine_count"]
     search_fields = ["name"]
 
@@ -221,25 +222,15 @@ class MachineTypeAdmin(admin.ModelAdmin):
     def machine_count(self, mtype: MachineType) -> str:
         return format_html('<a href="{}">{}</a>', changelist_url("machine", type__id__exact=mtype.pk), mtype.n_machines)
 
-    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
-        mtype = self.get_object(request, object_id)
-        if mtype is not None:
-            count = mtype.machines.count()
-            if count:
-                self.message_user(
-                    request,
-                    ngettext(
-                        "The type “%(type)s” cannot be deleted: %(count)d machine is of this type. "
-                        "Change its type first.",
-                        "The type “%(type)s” cannot be deleted: %(count)d machines are of this type. "
-                        "Change their type first.",
-                        count,
-                    )
-                    % {"type": mtype, "count": count},
-                    messages.ERROR,
-                )
-                return HttpResponseRedirect(reverse("admin:machines_machinetype_change", args=[mtype.pk]))
-        return super().delete_view(request, object_id, extra_context)
+    def in_use_message(self, mtype: MachineType) -> str | None:
+        count = mtype.machines.count()
+        if not count:
+            return None
+        return ngettext(
+            "The type “%(type)s” cannot be deleted: %(count)d machine is of this type. Change its type first.",
+            "The type “%(type)s” cannot be deleted: %(count)d machines are of this type. Change their type first.",
+            count,
+        ) % {"type": mtype, "count": count}
 
 
 # --- machines -------------------------------------------------------------------------------------

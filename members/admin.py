@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin
 from django.db import transaction
 from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Subquery, Sum
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -16,7 +16,7 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from fabomatic.admin import ExcelExportMixin, badge, format_seconds
+from fabomatic.admin import ExcelExportMixin, InUseDeleteMixin, badge, format_seconds
 from machines import charts
 from machines.models import Authorization, Use
 
@@ -39,7 +39,7 @@ def erase(member: Member) -> None:
 
 
 @admin.register(Role)
-class RoleAdmin(admin.ModelAdmin):
+class RoleAdmin(InUseDeleteMixin, admin.ModelAdmin):
     list_display = ["name", "authorize_all", "maintenance", "backend_admin", "reserved_icon", "member_count"]
     search_fields = ["name"]
     readonly_fields = ["reserved"]
@@ -66,25 +66,16 @@ class RoleAdmin(admin.ModelAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
-    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
-        role = self.get_object(request, object_id)
-        if role is not None and not role.reserved:
-            count = role.members.count()
-            if count:
-                self.message_user(
-                    request,
-                    ngettext(
-                        "The role “%(role)s” cannot be deleted: %(count)d member still has it. "
-                        "Give that member another role first.",
-                        "The role “%(role)s” cannot be deleted: %(count)d members still have it. "
-                        "Give them another role first.",
-                        count,
-                    )
-                    % {"role": role, "count": count},
-                    messages.ERROR,
-                )
-                return HttpResponseRedirect(reverse("admin:members_role_change", args=[role.pk]))
-        return super().delete_view(request, object_id, extra_context)
+    def in_use_message(self, role: Role) -> str | None:
+        count = 0 if role.reserved else role.members.count()  # reserved roles: no delete permission at all
+        if not count:
+            return None
+        return ngettext(
+            "The role “%(role)s” cannot be deleted: %(count)d member still has it. "
+            "Give that member another role first.",
+            "The role “%(role)s” cannot be deleted: %(count)d members still have it. Give them another role first.",
+            count,
+        ) % {"role": role, "count": count}
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Role]) -> None:
         super().delete_queryset(request, queryset.filter(reserved=False))
