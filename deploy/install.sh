@@ -20,8 +20,9 @@ if [ ! -e .env ]; then
       -e "s|^REDIS_URL=.*|REDIS_URL=redis://127.0.0.1:6379/0|" .env.example > .env
   chown root:fabomatic .env
   chmod 640 .env
-  echo "Wrote $APP/.env: review ALLOWED_HOSTS, EMAIL_URL and DEFAULT_ADMIN_EMAIL"
+  echo "Wrote $APP/.env: review ALLOWED_HOSTS, PUBLIC_URL, EMAIL_URL and DEFAULT_ADMIN_EMAIL"
 fi
+scripts/env.sh  # ALLOWED_HOSTS (this machine's names and addresses) and PUBLIC_URL, when .env lacks them
 chown -R fabomatic:fabomatic "$APP/var" 2>/dev/null || true
 cp deploy/mosquitto/fabomatic.conf /etc/mosquitto/conf.d/fabomatic.conf
 cp deploy/systemd/*.service deploy/systemd/*.timer deploy/systemd/*.path /etc/systemd/system/

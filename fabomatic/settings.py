@@ -19,7 +19,10 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 env = environ.FileAwareEnv(
     DEBUG=(bool, False),
-    ALLOWED_HOSTS=(list, ["*"]),
+    # Never "*": with any Host accepted, a forged Host header reached password-reset links and websocket origins.
+    # scripts/env.sh writes this machine's names and addresses into .env.
+    ALLOWED_HOSTS=(list, ["localhost", "127.0.0.1", "[::1]"]),
+    PUBLIC_URL=(str, ""),
     TIME_ZONE=(str, "Europe/Rome"),
     LANGUAGE_CODE=(str, "en"),
     MQTT_BROKER_URL=(str, "mqtt://127.0.0.1:1883"),
@@ -50,6 +53,15 @@ ALLOWED_HOSTS = env("ALLOWED_HOSTS")
 CSRF_TRUSTED_ORIGINS = env("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
+# The lab's own address, e.g. https://fabpi.local:23336: password-reset links are built from it, never from the
+# request's Host header, and websocket pages from it are trusted. Unset (manage.py check --deploy warns), the first
+# allowed host on WEB_PORT.
+PUBLIC_URL_SET = bool(env("PUBLIC_URL"))
+_first_host = next((h for h in ALLOWED_HOSTS if h != "*" and not h.startswith(".")), "localhost")
+PUBLIC_URL = (env("PUBLIC_URL") or f"https://{_first_host}:{env.int('WEB_PORT', default=23336)}").rstrip("/")
+_public = urlsplit(PUBLIC_URL)
+if _public.scheme not in ("http", "https") or not _public.hostname or _public.path:
+    raise environ.ImproperlyConfigured("PUBLIC_URL must be like https://fabpi.local:23336 (scheme, host and port)")
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",

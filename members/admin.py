@@ -22,6 +22,7 @@ from machines.models import Authorization, Use
 
 from .forms import BulkAuthorizationForm, CardForm, MemberAddForm, MemberChangeForm, StaffPasswordResetForm
 from .models import Card, Member, Role, UnknownCard, normalize_uid
+from .password_reset import link_options
 from .resources import MemberResource
 
 RECENT_USES = 20
@@ -409,7 +410,7 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
         for member in queryset.filter(is_staff=True, is_active=True, email__isnull=False):
             form = StaffPasswordResetForm({"email": member.email})
             if form.is_valid():
-                form.save(request=request, use_https=request.is_secure())
+                form.save(**link_options())  # the link points to PUBLIC_URL, never to the request's host
                 sent += 1
         self.message_user(
             request,

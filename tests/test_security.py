@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +120,7 @@ def test_the_login_and_reset_pages_are_public(client: Client, url: str) -> None:
     assert client.get(url).status_code == 200
 
 
-def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
+def production_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
@@ -126,16 +129,81 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
         "SECRET_KEY": secrets.token_urlsafe(50),
         "DEBUG": "0",
         "ALLOWED_HOSTS": "fablab.example.org",
+        "PUBLIC_URL": "https://fablab.example.org",
+        "EMAIL_URL": "smtp+tls://fabomatic:secret@smtp.example.org:587",
     }
-    result = subprocess.run(
+    return {**env, **extra}
+
+
+def check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
     )
+
+
+def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
+    result = check_deploy(production_env(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_check_deploy_warns_about_any_host_and_a_missing_public_url(tmp_path: Path) -> None:
+    env = production_env(tmp_path, ALLOWED_HOSTS="*")
+    del env["PUBLIC_URL"]
+    result = check_deploy(env)
+    assert result.returncode != 0
+    assert "fabomatic.W001" in result.stderr and "fabomatic.W002" in result.stderr
+
+
+def settings_value(env_file: Path, name: str) -> object:
+    env = {**os.environ, "FABOMATIC_ENV_FILE": str(env_file)}
+    for var in ("ALLOWED_HOSTS", "PUBLIC_URL", "SECRET_KEY"):
+        env.pop(var, None)
+    code = f"import json; from django.conf import settings; print(json.dumps(settings.{name}))"
+    out = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_make_run_writes_this_machines_names_and_public_url_instead_of_any_host(tmp_path: Path) -> None:
+    """scripts/env.sh (make run, deploy/install.sh) on a fresh checkout, then on an older .env without the lines."""
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "env.sh", checkout / "scripts" / "env.sh")
+    (checkout / ".venv").symlink_to(ROOT / ".venv")
+    env = {**os.environ, "FABOMATIC_ENV_FILE": str(checkout / ".env")}
+    env.pop("WEB_PORT", None)
+    subprocess.run([str(checkout / "scripts" / "env.sh")], env=env, check=True, capture_output=True)
+
+    written = (checkout / ".env").read_text()
+    hosts = re.search(r"^ALLOWED_HOSTS=(.*)$", written, re.M).group(1).split(",")
+    name = socket.gethostname().split(".")[0]
+    assert "*" not in hosts and {"localhost", "127.0.0.1", name, f"{name}.local"} <= set(hosts)
+    assert re.search(rf"^PUBLIC_URL=https://{re.escape(name)}\.local:23336$", written, re.M)
+    assert oct((checkout / ".env").stat().st_mode & 0o777) == "0o600"
+    assert settings_value(checkout / ".env", "ALLOWED_HOSTS") == hosts
+    # An older .env (no ALLOWED_HOSTS: "*" was the default) gets the lines; what is there is kept.
+    (checkout / ".env").write_text("SECRET_KEY=kept\nPUBLIC_URL=https://lab.example.org\n")
+    subprocess.run([str(checkout / "scripts" / "env.sh")], env=env, check=True, capture_output=True)
+    upgraded = (checkout / ".env").read_text()
+    assert "SECRET_KEY=kept" in upgraded and upgraded.count("PUBLIC_URL=") == 1
+    assert re.search(r"^ALLOWED_HOSTS=.*localhost", upgraded, re.M)
+
+
+def test_without_allowed_hosts_only_local_names_are_accepted(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("SECRET_KEY=x\n")
+    assert settings_value(env_file, "ALLOWED_HOSTS") == ["localhost", "127.0.0.1", "[::1]"]
 
 
 def make_staff(role: Role, email: str) -> Member:

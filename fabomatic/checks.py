@@ -1,0 +1,30 @@
+"""``manage.py check --deploy`` warnings for the settings that made the portal unsafe when left at their defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Tags, Warning, register
+
+
+@register(Tags.security, deploy=True)
+def check_public_address(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    warnings: list[CheckMessage] = []
+    if "*" in settings.ALLOWED_HOSTS:
+        warnings.append(
+            Warning(
+                "ALLOWED_HOSTS contains '*': the portal answers to any Host header.",
+                hint="List this machine's names and addresses (scripts/env.sh writes them).",
+                id="fabomatic.W001",
+            )
+        )
+    if not settings.PUBLIC_URL_SET:
+        warnings.append(
+            Warning(
+                f"PUBLIC_URL is not set: password-reset links point to {settings.PUBLIC_URL}.",
+                hint="Set PUBLIC_URL to the address staff open the portal at, e.g. https://fabpi.local:23336.",
+                id="fabomatic.W002",
+            )
+        )
+    return warnings

@@ -1,0 +1,138 @@
+"""Password reset over real HTTP: daphne serving the portal, mail through a real SMTP server (aiosmtpd).
+
+The link in the mail comes from PUBLIC_URL, never from the request's Host header, and the answer does not wait
+for the mail server, so an existing address cannot be told from an unknown one by the time the answer takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email import message_from_string
+from urllib.parse import urlencode
+
+import pytest
+from aiosmtpd.controller import Controller
+from django.db import connection
+
+from members.models import Member
+
+from .browser import Daphne, daphne, server_env
+from .services import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)  # daphne, another process, reads the committed rows
+PUBLIC_URL = "https://fablab.example.org"
+
+
+@dataclass
+class Handler:
+    """Receives every message; ``hold`` keeps the server blocked inside DATA until it is set."""
+
+    messages: list[str] = field(default_factory=list)
+    entered: threading.Event = field(default_factory=threading.Event)
+    hold: threading.Event = field(default_factory=threading.Event)
+    received: threading.Event = field(default_factory=threading.Event)
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # noqa: N802 - aiosmtpd
+        self.entered.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.hold.wait, 60)
+        self.messages.append(envelope.content.decode("utf-8", "replace"))
+        self.received.set()
+        return "250 Message accepted"
+
+    def bodies(self) -> list[str]:
+        out = []
+        for raw in self.messages:
+            message = message_from_string(raw)
+            parts = message.walk() if message.is_multipart() else [message]
+            out.append("".join(p.get_payload(decode=True).decode() for p in parts if not p.is_multipart()))
+        return out
+
+
+@contextmanager
+def smtp_server(*, blocked: bool = False) -> Iterator[tuple[Handler, int]]:
+    handler = Handler()
+    if not blocked:
+        handler.hold.set()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        handler.hold.set()
+        controller.stop()
+
+
+@pytest.fixture
+def staff(db: None) -> Member:
+    return Member.objects.create_user(
+        email="zoe@lab.test", first_name="Zoe", password="an-old-password-9", is_staff=True
+    )
+
+
+def _env(smtp_port: int, **extra: str) -> dict[str, str]:
+    env = server_env(connection.settings_dict["NAME"], redis_url="")
+    env.update(EMAIL_URL=f"smtp://127.0.0.1:{smtp_port}", PUBLIC_URL=PUBLIC_URL, **extra)
+    return env
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    text: str
+
+
+def request(server: Daphne, method: str, path: str, *, host: str, body: str = "", cookie: str = "") -> Answer:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    headers = {"Host": host, "Cookie": cookie}
+    if body:
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    conn.request(method, path, body=body or None, headers=headers)
+    response = conn.getresponse()
+    answer = Answer(response.status, response.headers, response.read().decode("utf-8", "replace"))
+    conn.close()
+    return answer
+
+
+def ask_reset(server: Daphne, email: str, *, host: str) -> Answer:
+    """As a browser does: the form first (CSRF cookie and token), then the POST."""
+    form = request(server, "GET", "/admin/password_reset/", host=host)
+    if form.status != 200:
+        return form
+    cookie = re.search(r"csrftoken=([^;]+)", form.headers["Set-Cookie"]).group(1)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+    body = urlencode({"csrfmiddlewaretoken": token, "email": email})
+    return request(server, "POST", "/admin/password_reset/", host=host, body=body, cookie=f"csrftoken={cookie}")
+
+
+def test_it_refuses_a_forged_host_by_default_and_links_to_the_public_url(staff: Member) -> None:
+    with smtp_server() as (smtp, smtp_port):
+        env = _env(smtp_port)
+        env.pop("ALLOWED_HOSTS")  # the default, as a .env without the line has it
+        with daphne(env) as server:
+            forged = ask_reset(server, "zoe@lab.test", host="evil.example")
+            assert forged.status == 400
+            answer = ask_reset(server, "zoe@lab.test", host=f"127.0.0.1:{server.port}")
+            assert (answer.status, answer.headers["Location"]) == (302, "/admin/password_reset/done/")
+            assert smtp.received.wait(30), server.output()
+    [body] = smtp.bodies()
+    assert f"{PUBLIC_URL}/reset/" in body
+    assert "evil.example" not in body and "127.0.0.1" not in body
+
+
+def test_the_link_never_comes_from_the_request_even_for_an_allowed_host(staff: Member) -> None:
+    with smtp_server() as (smtp, smtp_port):
+        with daphne(_env(smtp_port, ALLOWED_HOSTS="127.0.0.1,intranet.lab")) as server:
+            answer = ask_reset(server, "zoe@lab.test", host="intranet.lab")
+            assert answer.status == 302
+            assert smtp.received.wait(30), server.output()
+    [body] = smtp.bodies()
+    assert re.search(rf"{re.escape(PUBLIC_URL)}/reset/[^/\s]+/[^/\s]+/", body)
+    assert "intranet.lab" not in body
