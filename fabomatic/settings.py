@@ -6,6 +6,8 @@ Every setting that an operator may change is documented in README.md and .env.ex
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -51,8 +53,6 @@ SECRET_KEY = env("SECRET_KEY")
 DEBUG = env("DEBUG")
 ALLOWED_HOSTS = env("ALLOWED_HOSTS")
 CSRF_TRUSTED_ORIGINS = env("CSRF_TRUSTED_ORIGINS")
-
-INSTALLED_APPS = [
 # The lab's own address, e.g. https://fabpi.local:23336: password-reset links are built from it, never from the
 # request's Host header, and websocket pages from it are trusted. Unset (manage.py check --deploy warns), the first
 # allowed host on WEB_PORT.
@@ -62,6 +62,8 @@ PUBLIC_URL = (env("PUBLIC_URL") or f"https://{_first_host}:{env.int('WEB_PORT', 
 _public = urlsplit(PUBLIC_URL)
 if _public.scheme not in ("http", "https") or not _public.hostname or _public.path:
     raise environ.ImproperlyConfigured("PUBLIC_URL must be like https://fabpi.local:23336 (scheme, host and port)")
+
+INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -220,13 +222,19 @@ MQTT = {
     "TLS": _broker.scheme in ("mqtts", "ssl"),
     "TLS_CA": env("MQTT_TLS_CA") or None,
     "TOPIC": env("MQTT_TOPIC").strip("/"),
-    "CLIENT_ID": env("MQTT_CLIENT_ID"),
+    # The bridge's client id (stats/<client id>). By default unguessable, and one per process (several bridges may
+    # share a broker): fabomatic-<host>-<pid>-<64 random bits>.
+    "CLIENT_ID": env("MQTT_CLIENT_ID") or f"fabomatic-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(8)}",
     "SHARED_SUBSCRIPTION": env("MQTT_SHARED_SUBSCRIPTION"),
 }
 # A machine is online when its board was heard from in the last ONLINE_SECONDS.
 ONLINE_SECONDS = env("ONLINE_SECONDS")
 # An open use silent for longer than this is closed at its last heartbeat by the bridge.
 ORPHAN_SECONDS = env("ORPHAN_SECONDS")
+# The bridge's worker threads (requests of one machine in order, machines in parallel), and how long after a request
+# arrives it answers request_ok false if no decision was made (the board waits 2 s from its own publish).
+BRIDGE_WORKERS = env.int("BRIDGE_WORKERS", default=4)
+BRIDGE_REPLY_DEADLINE = env.float("BRIDGE_REPLY_DEADLINE", default=1.5)
 
 # --- GDPR -----------------------------------------------------------------------------------
 RETENTION_DAYS = env("RETENTION_DAYS")

@@ -56,6 +56,12 @@ class Machine(models.Model):
         help_text=_("Hours of closed use; maintenance is counted on this meter."),
     )
     last_seen = models.DateTimeField(_("last seen"), null=True, blank=True)
+    # The hours on the meter that no use record backs (an old backend's accumulator, a meter set by hand):
+    # hours == hours_offset + the closed uses' durations, which services.recount_machine() re-derives.
+    hours_offset = models.FloatField(_("hours before the recorded history"), default=0.0, editable=False)
+    # The last request the board sent live (not a replay, not an alive). A replayed session happened after it:
+    # the bridge uses it to tell a session replayed from the board's offline buffer from a copy of one it saw.
+    heard_live_at = models.DateTimeField(_("last live request"), null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["name"]
@@ -103,6 +109,8 @@ class MaintenancePlan(models.Model):
     # The machine's hour meter when this item was last done: hours since = machine.hours - this.
     # It makes "maintenance due" O(1) whatever the length of the history.
     done_at_hours = models.FloatField(_("done at (hour meter)"), default=0.0)
+    # When the latest intervention was done: a use that started before it counts before it, whenever it closes.
+    done_at = models.DateTimeField(_("last done"), null=True, blank=True, editable=False)
     legacy_id = models.PositiveIntegerField(null=True, blank=True, unique=True, editable=False)
 
     class Meta:
@@ -152,7 +160,17 @@ class Intervention(models.Model):
 
 
 class Use(models.Model):
-    """One session of one member on one machine. ``ended_at`` is NULL while it is open."""
+    """One session of one member on one machine. ``ended_at`` is NULL while it is open.
+
+    ``duration`` is what the hour meter counts. A use whose reported duration is not plausible (see
+    ``services.judge_duration``) is recorded with ``flag`` set, ``duration`` 0 and the board's figure in
+    ``reported_duration``: it is on record, shown to staff, and counted only once staff accept or correct it.
+    """
+
+    class Flag(models.TextChoices):
+        NONE = "", _("none")
+        BEYOND_LOGOFF = "beyond_logoff", _("longer than the auto-logoff")
+        BEYOND_WINDOW = "beyond_window", _("longer than the time it could have lasted")
 
     member = models.ForeignKey(
         "members.Member", on_delete=models.PROTECT, related_name="uses", verbose_name=_("member")
@@ -164,6 +182,9 @@ class Use(models.Model):
     # Seconds, set when the use closes: aggregates (hours per week) sum it without date arithmetic.
     duration = models.PositiveIntegerField(_("duration (s)"), null=True, blank=True)
     replay = models.BooleanField(_("replayed"), default=False, help_text=_("Recorded from a board's offline buffer."))
+    flag = models.CharField(_("flag"), max_length=20, choices=Flag.choices, default=Flag.NONE, blank=True)
+    reported_duration = models.PositiveBigIntegerField(_("reported duration (s)"), null=True, blank=True)
+    plausible_max = models.PositiveBigIntegerField(_("plausible at most (s)"), null=True, blank=True)
     legacy_id = models.PositiveIntegerField(null=True, blank=True, unique=True, editable=False)
 
     class Meta:
@@ -186,6 +207,8 @@ class Use(models.Model):
             models.Index(fields=["last_seen"], condition=Q(ended_at__isnull=True), name="use_open_last_seen"),
             # GDPR purge: history older than the retention.
             models.Index(fields=["last_seen"], name="use_last_seen"),
+            # Staff review: the flagged uses (few) without scanning the history.
+            models.Index(fields=["-started_at"], condition=~Q(flag=""), name="use_flagged"),
         ]
 
     def __str__(self) -> str:
@@ -198,3 +221,7 @@ class Use(models.Model):
     @property
     def hours(self) -> float:
         return (self.duration or 0) / 3600
+
+    @property
+    def is_flagged(self) -> bool:
+        return bool(self.flag)

@@ -6,17 +6,34 @@ Every function here is O(1) in the length of the usage history.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F, Max, Sum
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from members.models import Member
 
-from .models import Authorization, Intervention, Machine, MaintenancePlan, Use
+from .models import Authorization, Intervention, Machine, MachineType, MaintenancePlan, Use
+
+logger = logging.getLogger(__name__)
+
+# --- What a board can really report ---------------------------------------------------------------
+#
+# A duration comes from the board's clock and is untrusted. It is plausible when it fits both
+# - the auto-logoff the board enforces (its type's ``logoff_minutes``, checked every second on the board) plus
+#   LOGOFF_SLACK_S, when the type has one; and
+# - the time the session can have lasted by the backend's own clock (since the use was opened live, or since the
+#   board was last heard from live before a replay, or since the machine's previous use ended) plus SLACK_S.
+# An implausible duration is recorded on a flagged use that the meter does not count until staff accept it.
+
+LOGOFF_SLACK_S = 120
+SLACK_S = 60
 
 
 class Level(enum.IntEnum):
@@ -102,56 +119,229 @@ def record_interventions(
     machine.refresh_from_db(fields=["hours"])
     when = when or timezone.now()
     items = due_plans(machine) if plans is None else plans
+    reading = meter_at(machine, when)
     done = [
-        Intervention(
-            plan=plan, machine=machine, member=member, performed_at=when, machine_hours=machine.hours, replay=replay
-        )
+        Intervention(plan=plan, machine=machine, member=member, performed_at=when, machine_hours=reading, replay=replay)
         for plan in items
     ]
     Intervention.objects.bulk_create(done)
-    MaintenancePlan.objects.filter(pk__in=[p.pk for p in items]).update(done_at_hours=machine.hours)
+    MaintenancePlan.objects.filter(pk__in=[p.pk for p in items]).update(done_at_hours=reading, done_at=when)
     return done
 
 
-def add_machine_seconds(machine_id: int, seconds: float) -> None:
-    """Move the hour meter atomically (never read-modify-write: the bridge and the portal both write)."""
-    if seconds:
-        Machine.objects.filter(pk=machine_id).update(hours=F("hours") + seconds / 3600)
+def duration_limit(machine_type: MachineType) -> int | None:
+    """The longest session the board lets run on this type (its auto-logoff), in seconds; None without one."""
+    return machine_type.logoff_minutes * 60 + LOGOFF_SLACK_S if machine_type.logoff_minutes else None
+
+
+@dataclass(frozen=True)
+class Implausible:
+    flag: Use.Flag
+    plausible_max: int  # seconds
+
+
+def judge_duration(
+    seconds: int, machine_type: MachineType, *, since: datetime | None, now: datetime
+) -> Implausible | None:
+    """Why a duration reported by a board cannot be true, or None when it can.
+
+    ``since``: the earliest moment the session can have started by the backend's clock (None: unknown).
+    """
+    limit = duration_limit(machine_type)
+    if limit is not None and seconds > limit:
+        return Implausible(Use.Flag.BEYOND_LOGOFF, limit)
+    if since is not None:
+        window = max(0, int((now - since).total_seconds())) + SLACK_S
+        if seconds > window:
+            return Implausible(Use.Flag.BEYOND_WINDOW, window)
+    return None
+
+
+# --- The hour meter and the maintenance counters -------------------------------------------------------
+#
+# Definition (what recount_machine() derives from the history, and what every incremental change keeps):
+#   machine.hours            = hours_offset + Σ duration of its closed uses / 3600
+#   meter at time T          = hours_offset + Σ duration of its closed uses that started before T / 3600
+#   plan.done_at_hours       = meter at plan.done_at (its latest intervention), or hours_offset if never done
+#   intervention.machine_hours = meter at its performed_at
+# A flagged use has duration 0 until staff accept it, so it counts nowhere.
+
+
+def add_machine_seconds(machine_id: int, seconds: float, *, started_at: datetime | None = None) -> None:
+    """Move the hour meter atomically (never read-modify-write: the bridge and the portal both write).
+
+    ``started_at``: when the added use started. Maintenance recorded after that moment counted from a meter that
+    did not yet include it; by the definition above the use counts before that maintenance, so those readings
+    move too (rare: maintenance recorded while the machine was in use).
+    """
+    if not seconds:
+        return
+    hours = seconds / 3600
+    Machine.objects.filter(pk=machine_id).update(hours=F("hours") + hours)
+    if started_at is not None:
+        MaintenancePlan.objects.filter(machine_id=machine_id, done_at__gt=started_at).update(
+            done_at_hours=F("done_at_hours") + hours
+        )
+        Intervention.objects.filter(machine_id=machine_id, performed_at__gt=started_at).update(
+            machine_hours=F("machine_hours") + hours
+        )
 
 
 def close_use(use: Use, *, ended_at: datetime, last_seen: datetime | None = None) -> Use:
-    """Close an open use and add its duration to the machine's hour meter, exactly once."""
-    duration = max(0, round((ended_at - use.started_at).total_seconds()))
+    """Close an open use and add its duration to the machine's hour meter, exactly once.
+
+    A flagged use (its start was implausible) closes with duration 0: staff decide what it counts.
+    """
+    duration = 0 if use.flag else max(0, round((ended_at - use.started_at).total_seconds()))
     updated = Use.objects.filter(pk=use.pk, ended_at__isnull=True).update(
         ended_at=ended_at, duration=duration, last_seen=last_seen or max(ended_at, use.last_seen)
     )
     if updated:  # only the caller that actually closed it moves the meter
-        add_machine_seconds(use.machine_id, duration)
+        add_machine_seconds(use.machine_id, duration, started_at=use.started_at)
         use.ended_at, use.duration = ended_at, duration
         use.last_seen = last_seen or max(ended_at, use.last_seen)
     return use
 
 
+def close_flagged(use: Use, *, ended_at: datetime, verdict: Implausible, reported: int) -> Use:
+    """Close an open use whose closing duration is implausible: on record, flagged, not on the meter."""
+    updated = Use.objects.filter(pk=use.pk, ended_at__isnull=True).update(
+        ended_at=ended_at,
+        duration=0,
+        last_seen=max(ended_at, use.last_seen),
+        flag=verdict.flag,
+        reported_duration=reported,
+        plausible_max=verdict.plausible_max,
+    )
+    if updated:
+        use.ended_at, use.duration, use.flag = ended_at, 0, verdict.flag
+        use.reported_duration, use.plausible_max = reported, verdict.plausible_max
+        logger.warning(
+            "machine %s: use %s flagged, reported %s s (%s, plausible at most %s s)",
+            use.machine_id,
+            use.pk,
+            reported,
+            verdict.flag,
+            verdict.plausible_max,
+        )
+    return use
+
+
+def recount_machine(machine_id: int) -> None:
+    """Re-derive the hour meter, the plans' counters and the interventions' readings from the history.
+
+    Every staff correction ends with it, so what is due always equals what the history says. O(uses of this
+    machine): fine for corrections, never on the bridge's request path.
+    """
+    with transaction.atomic():
+        machine = Machine.objects.select_for_update().get(pk=machine_id)
+        closed = list(
+            Use.objects.filter(machine_id=machine_id, ended_at__isnull=False, duration__gt=0)
+            .order_by("started_at")
+            .values_list("started_at", "duration")
+        )
+        starts = [start for start, _ in closed]
+        sums = [0, *itertools.accumulate(seconds for _, seconds in closed)]
+
+        def meter(when: datetime) -> float:
+            return machine.hours_offset + sums[bisect.bisect_left(starts, when)] / 3600
+
+        hours = machine.hours_offset + sums[-1] / 3600
+        if abs(hours - machine.hours) > 1e-9:
+            Machine.objects.filter(pk=machine_id).update(hours=hours)
+        latest: dict[int, datetime] = {}
+        changed = []
+        for item in Intervention.objects.filter(machine_id=machine_id).only("pk", "plan_id", "performed_at"):
+            latest[item.plan_id] = max(latest.get(item.plan_id, item.performed_at), item.performed_at)
+            reading = meter(item.performed_at)
+            item.machine_hours = reading
+            changed.append(item)
+        Intervention.objects.bulk_update(changed, ["machine_hours"], batch_size=500)
+        for plan in MaintenancePlan.objects.filter(machine_id=machine_id):
+            done_at = latest.get(plan.pk)
+            done_at_hours = meter(done_at) if done_at is not None else machine.hours_offset
+            if plan.done_at != done_at or abs(plan.done_at_hours - done_at_hours) > 1e-9:
+                MaintenancePlan.objects.filter(pk=plan.pk).update(done_at=done_at, done_at_hours=done_at_hours)
+
+
+def meter_differences(machine: Machine) -> list[str]:
+    """What the stored meter and counters would change by a recount (empty when consistent). For checks."""
+    with transaction.atomic():
+        sid = transaction.savepoint()
+        before = _meter_state(machine.pk)
+        recount_machine(machine.pk)
+        after = _meter_state(machine.pk)
+        transaction.savepoint_rollback(sid)
+    return [f"{key}: {before[key]!r} → {after[key]!r}" for key in before if not _same(before[key], after[key])]
+
+
+def _meter_state(machine_id: int) -> dict[str, object]:
+    state: dict[str, object] = {"hours": Machine.objects.get(pk=machine_id).hours}
+    for pk, done_at, hours in MaintenancePlan.objects.filter(machine_id=machine_id).values_list(
+        "pk", "done_at", "done_at_hours"
+    ):
+        state[f"plan {pk} done_at"] = done_at
+        state[f"plan {pk} done_at_hours"] = hours
+    for pk, hours in Intervention.objects.filter(machine_id=machine_id).values_list("pk", "machine_hours"):
+        state[f"intervention {pk}"] = hours
+    return state
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) < 1e-6
+    return a == b
+
+
+@transaction.atomic
+def set_hour_meter(machine: Machine, hours: float) -> None:
+    """Staff set the meter (e.g. the hours a machine had before the system): maintenance counters keep their
+    hours since the last intervention."""
+    current = Machine.objects.select_for_update().get(pk=machine.pk)
+    Machine.objects.filter(pk=machine.pk).update(hours_offset=current.hours_offset + hours - current.hours)
+    recount_machine(machine.pk)
+
+
 @transaction.atomic
 def correct_use(use: Use, *, started_at: datetime, ended_at: datetime | None) -> Use:
-    """A staff correction of a use: the hour meter follows the change in closed duration."""
+    """A staff correction of a use: it counts as corrected (a flag is cleared) and the meter is recounted."""
     use = Use.objects.select_for_update().get(pk=use.pk)
-    old = (use.duration or 0) if use.ended_at else 0
     use.started_at = started_at
     use.ended_at = ended_at
     use.duration = max(0, round((ended_at - started_at).total_seconds())) if ended_at else None
     if ended_at:
         use.last_seen = max(use.last_seen, ended_at)
-    use.save(update_fields=["started_at", "ended_at", "duration", "last_seen"])
-    add_machine_seconds(use.machine_id, (use.duration or 0) - old)
+    use.flag, use.plausible_max = Use.Flag.NONE, None
+    use.save(update_fields=["started_at", "ended_at", "duration", "last_seen", "flag", "plausible_max"])
+    recount_machine(use.machine_id)
+    return use
+
+
+@transaction.atomic
+def accept_flagged(use: Use, *, reported: bool) -> Use:
+    """Staff accept a flagged use: it counts the board's reported duration (``reported``) or the time the
+    backend observed between its start and end. The meter and the counters are recounted."""
+    use = Use.objects.select_for_update().get(pk=use.pk)
+    if not use.flag or use.ended_at is None:
+        return use
+    if reported and use.reported_duration is not None:
+        seconds = min(use.reported_duration, int(timedelta.max.total_seconds()) // 2)
+        use.started_at = use.ended_at - timedelta(seconds=seconds)
+        use.duration = seconds
+    else:
+        use.duration = max(0, round((use.ended_at - use.started_at).total_seconds()))
+    use.flag, use.plausible_max = Use.Flag.NONE, None
+    use.save(update_fields=["started_at", "duration", "flag", "plausible_max"])
+    recount_machine(use.machine_id)
     return use
 
 
 @transaction.atomic
 def delete_use(use: Use) -> None:
-    """Delete a use record and take its closed duration off the hour meter."""
-    add_machine_seconds(use.machine_id, -(use.duration or 0))
+    """Delete a use record; the meter and the counters are recounted without it."""
+    machine_id = use.machine_id
     use.delete()
+    recount_machine(machine_id)
 
 
 @transaction.atomic
@@ -161,7 +351,7 @@ def register_use(*, member: Member, machine: Machine, started_at: datetime, ende
     use = Use.objects.create(
         member=member, machine=machine, started_at=started_at, ended_at=ended_at, last_seen=ended_at, duration=duration
     )
-    add_machine_seconds(machine.pk, duration)
+    recount_machine(machine.pk)
     return use
 
 
@@ -170,26 +360,25 @@ def meter_at(machine: Machine, when: datetime) -> float:
     later = Use.objects.filter(machine=machine, started_at__gte=when, duration__isnull=False).aggregate(
         s=Sum("duration")
     )["s"]
-    return max(0.0, machine.hours - (later or 0) / 3600)
+    hours = Machine.objects.filter(pk=machine.pk).values_list("hours", flat=True).first() or 0.0
+    return hours - (later or 0) / 3600
 
 
 @transaction.atomic
 def record_manual_intervention(*, plan: MaintenancePlan, member: Member, when: datetime) -> Intervention:
     """Maintenance entered by staff, possibly back-dated; it resets the plan's counter only if it is the latest."""
     machine = Machine.objects.get(pk=plan.machine_id)
-    latest = Intervention.objects.filter(plan=plan).aggregate(m=Max("performed_at"))["m"]
     intervention = Intervention.objects.create(
         plan=plan, machine=machine, member=member, performed_at=when, machine_hours=meter_at(machine, when)
     )
-    if latest is None or when >= latest:
-        MaintenancePlan.objects.filter(pk=plan.pk).update(done_at_hours=intervention.machine_hours)
+    recount_machine(machine.pk)
+    intervention.refresh_from_db(fields=["machine_hours"])
     return intervention
 
 
 @transaction.atomic
 def delete_intervention(intervention: Intervention) -> None:
     """Delete an intervention recorded by mistake; the plan's counter falls back to the previous one."""
-    plan_id = intervention.plan_id
+    machine_id = intervention.machine_id
     intervention.delete()
-    previous = Intervention.objects.filter(plan_id=plan_id).order_by("-performed_at").first()
-    MaintenancePlan.objects.filter(pk=plan_id).update(done_at_hours=previous.machine_hours if previous else 0.0)
+    recount_machine(machine_id)

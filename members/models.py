@@ -178,19 +178,26 @@ class Card(models.Model):
 
 
 class UnknownCard(models.Model):
-    """A card swiped on a board that matched no member: a candidate for registration."""
+    """A card swiped on a board that matched no member: a candidate for registration.
+
+    One row per card and machine, however often it is swiped (a board can send hundreds a second): the number
+    of swipes, the first and the latest.
+    """
 
     uid = models.CharField(_("card UID"), max_length=14, db_index=True)
     machine = models.ForeignKey(
         "machines.Machine", on_delete=models.CASCADE, related_name="unknown_cards", verbose_name=_("machine")
     )
-    seen_at = models.DateTimeField(_("seen"), default=timezone.now, db_index=True)  # newest-first list, purge
+    seen_at = models.DateTimeField(_("last seen"), default=timezone.now, db_index=True)  # newest-first list, purge
+    first_seen = models.DateTimeField(_("first seen"), default=timezone.now)
+    count = models.PositiveIntegerField(_("swipes"), default=1)
     legacy_id = models.PositiveIntegerField(null=True, blank=True, unique=True, editable=False)
 
     class Meta:
         ordering = ["-seen_at"]
         verbose_name = _("unknown card")
         verbose_name_plural = _("unknown cards")
+        constraints = [models.UniqueConstraint(fields=["uid", "machine"], name="one_unknown_card_row_per_machine")]
 
     def __str__(self) -> str:
         return self.uid

@@ -9,15 +9,23 @@ tells whether the machine exists and, on PostgreSQL, locks its row so two bridge
 action's work, then commit. Only after the commit does the caller publish the reply and broadcast to the live
 dashboard.
 
-Use lifecycle (board-protocol §7; idempotent under the board's replays and duplicates):
+Use lifecycle (board-protocol §7; idempotent under the board's replays and duplicates, see the README's bridge
+section for the sequences):
 
 - ``startuse`` with the same member's use already open is the same session (a duplicate or replay, S15): nothing new.
   With another member's use open, that one was orphaned by a board reboot (S18): it is closed at its last heartbeat.
+  A *replayed* ``startuse`` opens nothing: it carries no time, and the session it began is recorded from what follows
+  it, the live ``inuse`` (still running: opened at now − duration, S17) or its replayed ``stopuse`` (ended offline).
+  That makes a replayed start and the live original it may copy indistinguishable, hence harmless.
 - ``inuse`` without an open use opens one at now − duration (S17).
 - ``stopuse`` closes the open use at start + duration (hours counted once, by ``close_use``). With nothing open it
-  creates a closed use at now − duration (an offline session replayed, S14) unless the duration is 0 (a remote stop on
-  an idle machine, S21), the card is "no card", or the machine's latest use is the same member's with the same
-  duration (a duplicate stopuse, S16).
+  records a closed session of that duration ending now (an offline session replayed, S14) unless the duration is 0
+  (a remote stop on an idle machine, S21), the card is "no card", or it is a copy of the machine's latest use: the
+  same member, the same duration, and that use was still being reported when the board last spoke live (S16, and a
+  whole session replayed after its live original). Replayed sessions of one outage are laid end to end, ending now.
+- Every duration is judged by ``services.judge_duration`` (auto-logoff, and the time the session can have lasted by
+  our clock: since the use opened live, or since the board was last heard live before a replay, or since the
+  previous use ended). An implausible one is recorded on a flagged use that counts nothing until staff accept it.
 - Policy for disabled, deleted or inactive members (S7): their ``startuse`` is refused (``request_ok`` false) and no
   use is opened or created for them by ``inuse``/``stopuse``; a use that is already open is still closed normally.
   Members who are merely not authorized (an offline whitelist or cache login) are recorded: the machine ran.
@@ -28,6 +36,7 @@ Use lifecycle (board-protocol §7; idempotent under the board's replays and dupl
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,8 +44,8 @@ from datetime import UTC, datetime, timedelta
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from machines import live, services
@@ -51,8 +60,6 @@ logger = logging.getLogger(__name__)
 # A stopuse that repeats the machine's latest closed use (same member, same duration) within this window is a
 # duplicate (S16). A board's replay buffer survives reboots, so allow for a long outage.
 DUPLICATE_WINDOW = timedelta(days=2)
-# A replayed stopuse whose start + duration lies in the future moves the session back (its start was stamped late).
-FUTURE_SLACK = timedelta(seconds=5)
 # Live dashboard heartbeats: at most one per machine per this many seconds.
 HEARTBEAT_EVERY = 10.0
 # Cards per synccache page read from the database (a reply holds about eight).
@@ -63,12 +70,16 @@ class Unavailable(Exception):
     """The database could not be reached or locked in time."""
 
 
+COPY_SLACK = timedelta(seconds=10)
+
+
 @dataclass
 class Outcome:
     reply: p.Reply | None
     changed: bool = False  # the machine's dashboard tile changed: broadcast it after the reply
     seen: datetime | None = None  # the machine was heard from at this time
     failed: bool = False  # the database was unavailable: the reply says request_ok false
+    note: str = ""  # "copy" (a replayed duplicate recognised) or "flagged" (an implausible duration recorded)
 
 
 def handle_message(machine_id: int, request: p.Request) -> p.Reply | None:
@@ -87,9 +98,12 @@ def process(machine_id: int, request: p.Request, *, now: datetime | None = None)
     """The database work of one request, committed before it returns. Never raises."""
     try:
         return _process(machine_id, request, now or timezone.now())
-    except DatabaseError as exc:
+    except (OperationalError, InterfaceError) as exc:
         logger.warning("machine %s %s: database unavailable (%s)", machine_id, request.action, exc)
         _drop_broken_connection()
+        return Outcome(None if isinstance(request, p.Alive) else p.unavailable_reply(request), failed=True)
+    except DatabaseError as exc:  # the data, not the database: nothing to reconnect (the transaction rolled back)
+        logger.warning("machine %s %s: refused by the database (%s)", machine_id, request.action, exc)
         return Outcome(None if isinstance(request, p.Alive) else p.unavailable_reply(request), failed=True)
     except Exception:
         logger.exception("machine %s %s: failed", machine_id, request.action)
@@ -166,15 +180,17 @@ async def _send_all(layer: object, messages: list[dict]) -> None:
 def _process(machine_id: int, request: p.Request, now: datetime) -> Outcome:
     if isinstance(request, p.SyncCache):  # the only request that does not count as "heard from" (old backend)
         return Outcome(_sync_cache(machine_id, request))
+    live = _is_live(request)
     fast = _FAST.get(type(request))
     if fast is not None:
         outcome = fast(machine_id, request, now)
         if outcome is not None:
-            _seen[machine_id] = now  # written by flush_heartbeats() within FLUSH_EVERY
+            stamps.machine(machine_id, now, live=live)  # written by flush_heartbeats() within FLUSH_EVERY
             outcome.seen = now
             return outcome
     with transaction.atomic():
-        came_online = _touch(machine_id, now)
+        # A stopuse needs the previous live stamp (to judge a replay): it writes its own at the end.
+        came_online = _touch(machine_id, now, live=live and not isinstance(request, p.StopUse))
         if came_online is None:
             # Unknown machine: nothing recorded; no reply to alive, which the board does not expect (M6).
             return Outcome(None if isinstance(request, p.Alive) else p.unknown_machine_reply())
@@ -184,20 +200,25 @@ def _process(machine_id: int, request: p.Request, now: datetime) -> Outcome:
     return outcome
 
 
-def _touch(machine_id: int, now: datetime) -> bool | None:
-    """Mark the machine heard from now. Returns None for an unknown machine, True if it was offline before."""
+def _is_live(request: p.Request) -> bool:
+    """A request the board sent as it happened: not a replay from its buffer, not the announcement."""
+    return not (isinstance(request, p.Alive) or getattr(request, "replay", False))
+
+
+def _touch(machine_id: int, now: datetime, *, live: bool = False) -> bool | None:
+    """Mark the machine heard from now (and heard live). None for an unknown machine, True if it was offline."""
     # Raw SQL: this runs for every message, and the ORM's query compilation would cost more than the UPDATE.
     ops = connection.ops
     table = Machine._meta.db_table
     stamp = ops.adapt_datetimefield_value(now)
     since = ops.adapt_datetimefield_value(now - timedelta(seconds=settings.ONLINE_SECONDS))
+    assign = "last_seen = %s, heard_live_at = %s" if live else "last_seen = %s"
+    values = [stamp, stamp] if live else [stamp]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET last_seen = %s WHERE id = %s AND last_seen >= %s", [stamp, machine_id, since]
-        )
+        cursor.execute(f"UPDATE {table} SET {assign} WHERE id = %s AND last_seen >= %s", [*values, machine_id, since])
         if cursor.rowcount:
             return False
-        cursor.execute(f"UPDATE {table} SET last_seen = %s WHERE id = %s", [stamp, machine_id])
+        cursor.execute(f"UPDATE {table} SET {assign} WHERE id = %s", [*values, machine_id])
         return True if cursor.rowcount else None
 
 
@@ -258,9 +279,58 @@ def _dt(value: datetime | str) -> datetime:
 # Nothing is cached across requests: a block, an unblock or a new authorization is seen by the next request.
 
 FLUSH_EVERY = 0.5
-_seen: dict[int, datetime] = {}  # machine id → heard from at
-_use_seen: dict[int, datetime] = {}  # open use id → last inuse
-_board_seen: dict[int, tuple[str, str | None, int | None, datetime]] = {}  # machine id → serial, ip, heap, at
+
+
+class Stamps:
+    """The fast path's "heard from" stamps, kept until the next flush. Thread-safe: the bridge has several workers.
+
+    Per machine: heard at, heard live at (a request that is not an alive or a replay); per open use: its last inuse;
+    per board: serial, ip, heap and when.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seen: dict[int, datetime] = {}
+        self.live: dict[int, datetime] = {}
+        self.uses: dict[int, datetime] = {}
+        self.boards: dict[int, tuple[str, str | None, int | None, datetime]] = {}
+
+    def machine(self, machine_id: int, at: datetime, *, live: bool) -> None:
+        with self._lock:
+            self.seen[machine_id] = at
+            if live:
+                self.live[machine_id] = at
+
+    def use(self, use_id: int, at: datetime) -> None:
+        with self._lock:
+            self.uses[use_id] = at
+
+    def board(self, machine_id: int, serial: str, ip: str | None, heap: int | None, at: datetime) -> None:
+        with self._lock:
+            self.boards[machine_id] = (serial, ip, heap, at)
+
+    def live_at(self, machine_id: int) -> datetime | None:
+        with self._lock:
+            return self.live.get(machine_id)
+
+    def pending(self) -> bool:
+        return bool(self.seen or self.uses or self.boards)
+
+    def take(self) -> tuple[dict, dict, dict, dict]:
+        with self._lock:
+            taken = self.seen, self.live, self.uses, self.boards
+            self.seen, self.live, self.uses, self.boards = {}, {}, {}, {}
+        return taken
+
+    def give_back(self, seen: dict, live: dict, uses: dict, boards: dict) -> None:
+        """Stamps a failed flush could not write: kept unless a newer one arrived meanwhile."""
+        with self._lock:
+            for mine, kept in ((self.seen, seen), (self.live, live), (self.uses, uses), (self.boards, boards)):
+                for key, value in kept.items():
+                    mine.setdefault(key, value)
+
+
+stamps = Stamps()
 
 _M, _T, _P = Machine._meta.db_table, MachineType._meta.db_table, MaintenancePlan._meta.db_table
 _U, _C, _MEM, _R = Use._meta.db_table, Card._meta.db_table, Member._meta.db_table, Role._meta.db_table
@@ -355,7 +425,7 @@ def _fast_in_use(machine_id: int, request: p.InUse, now: datetime) -> Outcome | 
     _online, use_id, use_member, card_member = rows[0]
     if use_id is None or card_member is None or use_member != card_member:
         return None  # no session on record, or another member's: opens or closes a use
-    _use_seen[use_id] = now
+    stamps.use(use_id, now)
     return Outcome(p.simple_reply(True, "inUse"))
 
 
@@ -363,7 +433,7 @@ def _fast_alive(machine_id: int, request: p.Alive, now: datetime) -> Outcome | N
     rows = _fetch(_SQL_ALIVE, [_online_since(now), machine_id])
     if not rows or not rows[0][0] or rows[0][1] is None or rows[0][1] != request.version:
         return None  # a new board or new firmware: recorded at once (and shown on the dashboard)
-    _board_seen[machine_id] = (request.serial, request.ip, request.heap, now)
+    stamps.board(machine_id, request.serial, request.ip, request.heap, now)
     return Outcome(None)
 
 
@@ -376,7 +446,7 @@ _FAST = {
 
 
 def heartbeats_pending() -> bool:
-    return bool(_seen or _use_seen or _board_seen)
+    return stamps.pending()
 
 
 def flush_heartbeats() -> None:
@@ -385,9 +455,9 @@ def flush_heartbeats() -> None:
     Rows are updated in id order (no deadlock between two bridges' flushes) and a stamp never moves back. If the
     database is unavailable the stamps are kept for the next flush.
     """
-    global _seen, _use_seen, _board_seen
-    seen, use_seen, boards = _seen, _use_seen, _board_seen
-    _seen, _use_seen, _board_seen = {}, {}, {}
+    seen, live, uses, boards = stamps.take()
+    if not (seen or uses or boards):
+        return
     adapt = connection.ops.adapt_datetimefield_value
     try:
         with connection.cursor() as cursor:
@@ -398,14 +468,20 @@ def flush_heartbeats() -> None:
                         f"UPDATE {_M} SET last_seen = %s WHERE id = %s AND (last_seen IS NULL OR last_seen < %s)",
                         rows,
                     )
-                seen = {}
-            if use_seen:
-                rows = [(adapt(at), pk, adapt(at)) for pk, at in sorted(use_seen.items())]
+                    if live:
+                        cursor.executemany(
+                            f"UPDATE {_M} SET heard_live_at = %s"
+                            " WHERE id = %s AND (heard_live_at IS NULL OR heard_live_at < %s)",
+                            [(adapt(at), pk, adapt(at)) for pk, at in sorted(live.items())],
+                        )
+                seen, live = {}, {}
+            if uses:
+                rows = [(adapt(at), pk, adapt(at)) for pk, at in sorted(uses.items())]
                 with transaction.atomic():
                     cursor.executemany(
                         f"UPDATE {_U} SET last_seen = %s WHERE id = %s AND ended_at IS NULL AND last_seen < %s", rows
                     )
-                use_seen = {}
+                uses = {}
             if boards:
                 rows = [(s, ip, heap, adapt(at), pk) for pk, (s, ip, heap, at) in sorted(boards.items())]
                 with transaction.atomic():
@@ -418,9 +494,7 @@ def flush_heartbeats() -> None:
     except Exception as exc:
         logger.warning("heartbeats not written yet (%s)", exc)
         _drop_broken_connection()
-        for pending, kept in ((_seen, seen), (_use_seen, use_seen), (_board_seen, boards)):
-            for key, value in kept.items():
-                pending.setdefault(key, value)  # type: ignore[attr-defined]
+        stamps.give_back(seen, live, uses, boards)
 
 
 # --- Handlers ------------------------------------------------------------------------------
@@ -446,9 +520,20 @@ def _check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Outcome
     member = _card_member(request.uid)
     if member is None:
         if request.uid != p.NO_CARD and not Card.objects.filter(uid=request.uid).exists():
-            UnknownCard.objects.create(uid=request.uid, machine_id=machine_id, seen_at=now)  # for registration
+            _note_unknown_card(request.uid, machine_id, now)  # for registration
         return Outcome(p.user_reply(is_valid=False, name="Unknown", level=0))
     return Outcome(_user_reply(member, services.check_access(member, _machine(machine_id))))
+
+
+def _note_unknown_card(uid: str, machine_id: int, now: datetime) -> None:
+    """One row per card and machine, counting the swipes: a board swiping in a loop cannot grow the table."""
+    if UnknownCard.objects.filter(uid=uid, machine_id=machine_id).update(seen_at=now, count=F("count") + 1):
+        return
+    try:
+        with transaction.atomic():
+            UnknownCard.objects.create(uid=uid, machine_id=machine_id, seen_at=now, first_seen=now)
+    except IntegrityError:  # another bridge created it meanwhile
+        UnknownCard.objects.filter(uid=uid, machine_id=machine_id).update(seen_at=now, count=F("count") + 1)
 
 
 def _user_reply(member: Member, decision: services.AccessDecision) -> p.Reply:
@@ -469,10 +554,14 @@ def _start_use(machine_id: int, request: p.StartUse, now: datetime) -> Outcome:
         # The same session again: a duplicate or a replay of a start the backend answered too late (S15).
         Use.objects.filter(pk=current.pk).update(last_seen=now)
         return Outcome(p.simple_reply(True))
+    if request.replay:
+        # No time, and possibly a copy of a start we recorded: what follows it records the session (module doc).
+        logger.info("machine %s: replayed startuse of member %s opens nothing", machine_id, member.pk)
+        return Outcome(p.simple_reply(True))
     if current is not None:
         # Another member's use is still open: the board rebooted without a stopuse (S18).
         services.close_use(current, ended_at=current.last_seen)
-    Use.objects.create(member=member, machine_id=machine_id, started_at=now, last_seen=now, replay=request.replay)
+    Use.objects.create(member=member, machine_id=machine_id, started_at=now, last_seen=now)
     return Outcome(p.simple_reply(True), changed=True)
 
 
@@ -489,64 +578,190 @@ def _in_use(machine_id: int, request: p.InUse, now: datetime) -> Outcome:
         # The board says this member is on; the open use is someone else's orphan.
         services.close_use(current, ended_at=current.last_seen)
         changed = True
-    if member.can_use_machines:
-        # A missed startuse, e.g. after a backend restart (S17).
+    if not member.can_use_machines:
+        return Outcome(p.simple_reply(True, "inUse"), changed=changed)
+    # A missed startuse, e.g. after a backend restart (S17): the session began `duration` ago, if it can have.
+    machine = _machine(machine_id)
+    verdict = services.judge_duration(request.duration, machine.type, since=_previous_end(machine_id, current), now=now)
+    if verdict is None:
         start = now - timedelta(seconds=request.duration)
         Use.objects.create(member=member, machine_id=machine_id, started_at=start, last_seen=now)
-        changed = True
-    return Outcome(p.simple_reply(True, "inUse"), changed=changed)
+        return Outcome(p.simple_reply(True, "inUse"), changed=True)
+    # Someone is on the machine, but not since when the board says: opened now, flagged for staff.
+    use = Use.objects.create(
+        member=member,
+        machine_id=machine_id,
+        started_at=now,
+        last_seen=now,
+        flag=verdict.flag,
+        reported_duration=request.duration,
+        plausible_max=verdict.plausible_max,
+    )
+    logger.warning(
+        "machine %s: inuse of %s s is implausible (%s): use %s opened flagged",
+        machine_id,
+        request.duration,
+        verdict.flag,
+        use.pk,
+    )
+    return Outcome(p.simple_reply(True, "inUse"), changed=True, note="flagged")
+
+
+def _previous_end(machine_id: int, closed: Use | None = None) -> datetime | None:
+    """When the machine's latest closed use ended: a new session cannot have started before (one at a time)."""
+    if closed is not None and closed.ended_at is not None:
+        return closed.ended_at
+    latest = Use.objects.filter(machine_id=machine_id, ended_at__isnull=False).order_by("-started_at", "-id").first()
+    return latest.ended_at if latest is not None else None
 
 
 def _stop_use(machine_id: int, request: p.StopUse, now: datetime) -> Outcome:
+    outcome = _stop_use_recorded(machine_id, request, now)
+    if not request.replay:  # stamped after judging: a replay is judged against the live request before it
+        Machine.objects.filter(pk=machine_id).update(heard_live_at=now)
+    return outcome
+
+
+def _stop_use_recorded(machine_id: int, request: p.StopUse, now: datetime) -> Outcome:
     member = _card_member(request.uid)
-    duration = timedelta(seconds=request.duration)
     done = p.simple_reply(True, f"Duration {request.duration} seconds")
     current = _open_use(machine_id)
+    changed = False
     if current is not None and (member is None or current.member_id != member.pk):
-        # The board's user is not the one on record: the open use is an orphan.
-        if request.uid == p.NO_CARD or member is None:
+        # The board's user is not the one on record.
+        if member is None:
             # No usable card on the stop (a remote stop after boot): the board's current session is the open one.
             if request.duration == 0:
                 return Outcome(done)
-            _close_at(current, duration, now)
-            return Outcome(done, changed=True)
-        services.close_use(current, ended_at=current.last_seen)
-        current = None
-        changed = True
-    else:
-        changed = False
+            return _close_open(machine_id, current, request, now, done)
+        services.close_use(current, ended_at=current.last_seen)  # an orphan (S18)
+        current, changed = None, True
     if current is not None:
-        _close_at(current, duration, now)
-        return Outcome(done, changed=True)
+        return _close_open(machine_id, current, request, now, done)
     if member is None:
         return Outcome(p.simple_reply(False, "Invalid card") if request.uid != p.NO_CARD else done, changed=changed)
     if request.duration == 0 or not member.can_use_machines:
         return Outcome(done, changed=changed)  # a remote stop on an idle machine (S21): nothing to record
-    latest = Use.objects.filter(machine_id=machine_id).order_by("-started_at").first()
-    if (
-        latest is not None
-        and latest.ended_at is not None
-        and latest.member_id == member.pk
-        and latest.duration == request.duration
-        and now - latest.ended_at <= DUPLICATE_WINDOW
-    ):
-        return Outcome(done, changed=changed)  # a duplicate stopuse (S16)
-    # A session the backend never saw start: an offline use replayed, or a lost startuse (S14).
-    use = Use.objects.create(
-        member=member, machine_id=machine_id, started_at=now - duration, last_seen=now, replay=request.replay
-    )
-    services.close_use(use, ended_at=now)
+    outcome = _record_session(machine_id, member, request, now)
+    outcome.reply = done
+    outcome.changed = outcome.changed or changed
+    return outcome
+
+
+def _close_open(machine_id: int, use: Use, request: p.StopUse, now: datetime, done: p.Reply) -> Outcome:
+    """Close the open use with the board's duration, if it fits the time since the use was opened."""
+    machine = _machine(machine_id)
+    verdict = services.judge_duration(request.duration, machine.type, since=use.started_at, now=now)
+    if use.flag or verdict is not None:
+        if verdict is None:  # opened flagged (its start was implausible): it stays for staff to decide
+            verdict = services.Implausible(Use.Flag(use.flag), int((now - use.started_at).total_seconds()))
+        services.close_flagged(use, ended_at=now, verdict=verdict, reported=request.duration)
+        return Outcome(done, changed=True, note="flagged")
+    end = use.started_at + timedelta(seconds=request.duration)
+    if end > now:  # the board's clock ran a little ahead of ours (within the slack): the session ends now
+        use.started_at, end = now - timedelta(seconds=request.duration), now
+        Use.objects.filter(pk=use.pk).update(started_at=use.started_at)
+    services.close_use(use, ended_at=end, last_seen=max(now, use.last_seen))
     return Outcome(done, changed=True)
 
 
-def _close_at(use: Use, duration: timedelta, now: datetime) -> None:
-    end = use.started_at + duration
-    if end > now + FUTURE_SLACK:
-        # The start was stamped when a replayed startuse arrived, after the session: move the session back (M12).
-        use.started_at = now - duration
-        Use.objects.filter(pk=use.pk).update(started_at=use.started_at)
-        end = now
-    services.close_use(use, ended_at=end, last_seen=max(now, use.last_seen))
+def _record_session(machine_id: int, member: Member, request: p.StopUse, now: datetime) -> Outcome:
+    """A session the backend never saw open (S14): ``duration`` seconds that ended by now, unless it is a copy."""
+    machine = _machine(machine_id)
+    floor = _live_floor(machine) if request.replay else None
+    latest = Use.objects.filter(machine_id=machine_id).order_by("-started_at", "-id").first()
+    if latest is not None and _is_copy(latest, member, request.duration, floor, now):
+        logger.info("machine %s: stopuse of %s s is a copy of use %s", machine_id, request.duration, latest.pk)
+        return Outcome(None, note="copy")
+    # The sessions of this outage replayed before this one happened before it: they may have to move back.
+    run = _replayed_run(machine_id, floor) if request.replay else []
+    placed = sum(use.duration or 0 for use in run)
+    if run:  # the run starts after the use before it
+        before = Use.objects.filter(machine_id=machine_id, started_at__lt=run[-1].started_at, ended_at__isnull=False)
+        last_before = before.order_by("-started_at", "-id").first()
+        earlier = last_before.ended_at if last_before is not None else None
+    else:
+        earlier = _previous_end(machine_id)
+    since = max((t for t in (floor, earlier) if t is not None), default=None)
+    verdict = services.judge_duration(request.duration, machine.type, since=None, now=now)
+    if verdict is None and since is not None:
+        window = services.judge_duration(request.duration + placed, machine.type, since=since, now=now)
+        if window is not None:
+            verdict = services.Implausible(window.flag, max(0, window.plausible_max - placed))
+    if verdict is not None:
+        use = Use.objects.create(
+            member=member,
+            machine_id=machine_id,
+            started_at=now,
+            ended_at=now,
+            last_seen=now,
+            duration=0,
+            replay=request.replay,
+            flag=verdict.flag,
+            reported_duration=request.duration,
+            plausible_max=verdict.plausible_max,
+        )
+        logger.warning(
+            "machine %s: stopuse of %s s is implausible (%s, at most %s s): use %s flagged",
+            machine_id,
+            request.duration,
+            verdict.flag,
+            verdict.plausible_max,
+            use.pk,
+        )
+        return Outcome(None, changed=True, note="flagged")
+    start = now - timedelta(seconds=request.duration)
+    use = Use.objects.create(
+        member=member, machine_id=machine_id, started_at=start, last_seen=now, replay=request.replay
+    )
+    services.close_use(use, ended_at=now)
+    if _pack_back(run, start):
+        services.recount_machine(machine_id)
+    return Outcome(None, changed=True)
+
+
+def _live_floor(machine: Machine) -> datetime | None:
+    """The last live request before this replay: every event in the board's buffer happened after it (the firmware
+    sends nothing live while its buffer holds anything), so a replayed session must fit between it and now."""
+    known = [t for t in (machine.heard_live_at, stamps.live_at(machine.pk)) if t is not None]
+    return max(known) if known else None
+
+
+def _is_copy(latest: Use, member: Member, duration: int, floor: datetime | None, now: datetime) -> bool:
+    """The machine's latest use, by the same member with the same duration, still being reported when the board
+    last spoke live: this stopuse is its copy (a duplicate, or the replay of a stop whose reply came too late)."""
+    if latest.ended_at is None or latest.member_id != member.pk:
+        return False
+    if duration not in (latest.duration, latest.reported_duration):
+        return False
+    if now - latest.ended_at > DUPLICATE_WINDOW:
+        return False
+    return floor is None or latest.ended_at >= floor - COPY_SLACK
+
+
+def _replayed_run(machine_id: int, floor: datetime | None) -> list[Use]:
+    """The sessions already replayed from the board's buffer since it last spoke live, newest first."""
+    if floor is None:
+        return []
+    run = []
+    for use in Use.objects.filter(machine_id=machine_id, started_at__gte=floor).order_by("-started_at", "-id")[:40]:
+        if not use.replay or use.ended_at is None or use.flag:
+            break
+        run.append(use)
+    return run
+
+
+def _pack_back(run: list[Use], start: datetime) -> bool:
+    """Lay the earlier replayed sessions end to end before ``start`` (replays carry no time: one session at a
+    time is all we know). Returns whether any moved."""
+    moved = False
+    for use in run:
+        if use.ended_at is not None and use.ended_at > start:
+            use.ended_at, use.started_at = start, start - timedelta(seconds=use.duration or 0)
+            Use.objects.filter(pk=use.pk).update(started_at=use.started_at, ended_at=use.ended_at)
+            moved = True
+        start = use.started_at
+    return moved
 
 
 def _maintenance(machine_id: int, request: p.Maintenance, now: datetime) -> Outcome:

@@ -33,6 +33,8 @@ clean shutdown). The first five keys are the old backend's::
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -40,6 +42,8 @@ import queue
 import socket
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,11 +61,20 @@ STATS_TOPIC = "stats"
 STATS_EVERY = 5.0
 HOUSEKEEPING_EVERY = 60.0
 SHARE_GROUP = "fabomatic-bridge"
-STALE_SECONDS = 1.8
 # SQLite: give up on a locked database before the board's 2 s timeout and answer request_ok false instead.
 SQLITE_BUSY_MS = 1200
+# PostgreSQL, per bridge connection: a row lock or a statement that takes longer fails (request_ok false) instead of
+# holding a worker; a server that accepts TCP but never answers fails the connection after CONNECT_TIMEOUT_S.
+PG_LOCK_TIMEOUT_MS = 1000
+PG_STATEMENT_TIMEOUT_MS = 1500
+PG_IDLE_IN_TRANSACTION_MS = 10_000
+CONNECT_TIMEOUT_S = 2  # libpq's minimum
+# A worker holding one job this long is stuck (a database that stopped answering): tick() adds a spare.
+STUCK_SECONDS = 5.0
+# Queries: a query past its deadline was answered "cannot decide" by the watchdog and is not run late.
+READ_ONLY = (p.CheckMachine, p.CheckUser, p.InUse, p.SyncCache)
 _HOUSEKEEP = object()
-_FLUSH = object()
+_STOP = object()
 
 
 def default_client_id() -> str:
@@ -113,17 +126,37 @@ def _iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _limit_sqlite_wait(sender: Any, connection: Any, **kwargs: Any) -> None:
-    if connection.vendor == "sqlite" and threading.current_thread().name.startswith("bridge-"):
-        with connection.cursor() as cursor:
+def _limit_database_waits(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """Bridge connections never wait longer than a board does (the watchdog answers at the deadline anyway)."""
+    if not threading.current_thread().name.startswith("bridge-"):
+        return
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
             # The bridge reads a few index pages per request: a small page cache keeps it under 80 MB RSS.
             cursor.execute("PRAGMA cache_size = -4000")
+        elif connection.vendor == "postgresql":
+            cursor.execute(
+                f"SET lock_timeout = {PG_LOCK_TIMEOUT_MS}; SET statement_timeout = {PG_STATEMENT_TIMEOUT_MS};"
+                f" SET idle_in_transaction_session_timeout = {PG_IDLE_IN_TRANSACTION_MS}"
+            )
 
 
 def _persistent_connection() -> None:
-    # Bridge threads keep one connection each; it is dropped and reopened only after an error.
-    connections["default"].settings_dict = {**connections["default"].settings_dict, "CONN_MAX_AGE": None}
+    """Bridge threads keep one connection each, dropped and reopened only after an error; on PostgreSQL the
+    connection gives up on a silent server (connect timeout, TCP keepalives) instead of blocking its thread."""
+    wrapper = connections["default"]
+    settings_dict = {**wrapper.settings_dict, "CONN_MAX_AGE": None}
+    if wrapper.vendor == "postgresql":
+        settings_dict["OPTIONS"] = {
+            **settings_dict.get("OPTIONS", {}),
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
+        }
+    wrapper.settings_dict = settings_dict
 
 
 class LiveBroadcaster:
@@ -177,6 +210,129 @@ class LiveBroadcaster:
             connections.close_all()
 
 
+class Job:
+    """One board request on its way through the bridge. Exactly one reply is ever published for it: by the worker
+    that processed it, or by the watchdog when its deadline passed first (``request_ok: false``)."""
+
+    __slots__ = ("received", "machine_id", "request", "deadline", "_claimed", "_lock")
+
+    def __init__(self, received: float, machine_id: int, request: p.Request, deadline: float) -> None:
+        self.received = received
+        self.machine_id = machine_id
+        self.request = request
+        self.deadline = deadline
+        self._claimed = False
+        self._lock = threading.Lock()
+
+    @property
+    def expects_reply(self) -> bool:
+        return not isinstance(self.request, p.Alive)
+
+    @property
+    def claimed(self) -> bool:
+        return self._claimed
+
+    def claim(self) -> bool:
+        """Take the right to answer: True once, for the first caller."""
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+
+class Dispatcher:
+    """Jobs to workers, in arrival order per machine, one job of a machine at a time, machines in parallel.
+
+    A machine whose database row is locked, or whose write is slow, holds up only its own later requests; every
+    other machine's go to the other workers.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[object, deque[object]] = {}
+        self._ready: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._size = 0
+
+    def put(self, key: object, item: object) -> None:
+        with self._lock:
+            waiting = self._queues.get(key)
+            self._size += 1
+            if waiting is None:  # the machine is neither queued nor being processed: schedule it
+                self._queues[key] = deque([item])
+                self._ready.put(key)
+            else:
+                waiting.append(item)
+
+    def get(self, timeout: float | None = None) -> tuple[object, object]:
+        """The next job of a machine no other worker holds. Raises queue.Empty on timeout."""
+        key = self._ready.get(timeout=timeout)
+        if key is _STOP:
+            return _STOP, None
+        with self._lock:
+            return key, self._queues[key][0]
+
+    def done(self, key: object) -> None:
+        """The job taken for ``key`` is finished: its machine's next job, if any, is scheduled."""
+        with self._lock:
+            waiting = self._queues[key]
+            waiting.popleft()
+            self._size -= 1
+            if waiting:
+                self._ready.put(key)
+            else:
+                del self._queues[key]
+
+    def stop(self, workers: int) -> None:
+        for _ in range(workers):
+            self._ready.put(_STOP)
+
+    def qsize(self) -> int:
+        return self._size
+
+
+class Watchdog:
+    """Answers ``request_ok: false`` for every request still unanswered at its deadline: the board is never left
+    without a reply (silence makes it disconnect and show "unresponsive"), whatever the database is doing."""
+
+    def __init__(self, answer: Callable[[Job], None]) -> None:
+        self._answer = answer
+        self._heap: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="bridge-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def watch(self, job: Job) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (job.deadline, next(self._seq), job))
+            if self._heap[0][2] is job:
+                self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(2)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cond.wait(None if not self._heap else max(0.0, self._heap[0][0] - time.monotonic()))
+                if self._stopping:
+                    return
+                _deadline, _seq, job = heapq.heappop(self._heap)
+            if not job.claimed:
+                try:
+                    self._answer(job)
+                except Exception:
+                    logger.exception("watchdog failed to answer machine %s", job.machine_id)
+
+
 class Bridge:
     """Boards ⇄ database. ``start()``, then ``tick()`` periodically (stats, housekeeping), then ``stop()``."""
 
@@ -187,23 +343,43 @@ class Bridge:
         client_id: str | None = None,
         housekeeping_every: float = HOUSEKEEPING_EVERY,
         stats_every: float = STATS_EVERY,
+        workers: int | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.conf = conf or settings.MQTT
         self.client_id = client_id or default_client_id()
         self.housekeeping_every = housekeeping_every
         self.stats_every = stats_every
+        self.workers = workers or settings.BRIDGE_WORKERS
+        self.max_workers = 2 * self.workers  # spares for workers stuck on a database that stopped answering
+        self.deadline = deadline or settings.BRIDGE_REPLY_DEADLINE
         self.client = build_client(client_id=self.client_id, conf=self.conf)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        self.queue: queue.SimpleQueue[tuple[float, str, bytes] | object] = queue.SimpleQueue()
+        self.dispatcher = Dispatcher()
+        self.watchdog = Watchdog(self._answer_late)
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # set once the broker acknowledged the subscription
         self._stopping = threading.Event()
-        self._worker = threading.Thread(target=self._work, name="bridge-worker", daemon=True)
+        self._threads: list[threading.Thread] = []
+        self._busy: dict[str, float] = {}  # worker name → since when it holds a job
+        self._busy_lock = threading.Lock()
+        self._stamper = threading.Thread(target=self._stamp, name="bridge-stamps", daemon=True)
         self.live = LiveBroadcaster()
-        self.stats = {"Received": 0, "Sent": 0, "Dropped": 0, "Late": 0, "Errors": 0}
+        self.stats = {
+            "Received": 0,
+            "Sent": 0,
+            "Dropped": 0,
+            "Retained": 0,
+            "Late": 0,
+            "Errors": 0,
+            "Copies": 0,
+            "Flagged": 0,
+        }
+        self._stats_lock = threading.Lock()
+        self._drop_log = _RateLimit(per_second=5)
         self.started = _iso_now()
         self._next_stats = 0.0
         self._next_housekeeping = 0.0
@@ -213,36 +389,60 @@ class Bridge:
         except OSError:
             self.host_ip = ""
 
+    def count(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[key] += n
+
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        connection_created.connect(_limit_sqlite_wait, dispatch_uid="bridge-sqlite-busy")
-        self._worker.start()
+        connection_created.connect(_limit_database_waits, dispatch_uid="bridge-db-waits")
+        for _ in range(self.workers):
+            self._add_worker()
+        self.watchdog.start()
+        self._stamper.start()
         self.live.start()
         self.client.connect_async(self.conf["HOST"], self.conf["PORT"], keepalive=30)
         self.client.loop_start()
 
+    def _add_worker(self) -> None:
+        thread = threading.Thread(target=self._work, name=f"bridge-worker-{len(self._threads) + 1}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
     def tick(self) -> None:
-        """Publish stats and schedule the orphan housekeeping when due. Call about once a second."""
+        """Publish stats, schedule the orphan housekeeping, replace stuck workers. Call about once a second."""
         now = time.monotonic()
         if now >= self._next_stats:
             self._next_stats = now + self.stats_every
             self.publish_stats()
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self.housekeeping_every
-            self.queue.put(_HOUSEKEEP)
+            self.dispatcher.put(_HOUSEKEEP, _HOUSEKEEP)
+        with self._busy_lock:
+            stuck = sum(1 for since in self._busy.values() if now - since > STUCK_SECONDS)
+        alive = sum(1 for t in self._threads if t.is_alive())
+        if stuck and alive - stuck < self.workers and len(self._threads) < self.max_workers:
+            logger.warning(
+                "%d bridge worker(s) stuck on the database for over %.0f s: adding one", stuck, STUCK_SECONDS
+            )
+            self._add_worker()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the message in hand, then disconnect. Messages still queued are left to the boards' replays."""
+        """Finish the messages in hand, then disconnect. Messages still queued are left to the boards' replays."""
         self._stopping.set()
-        self.queue.put(None)
-        self._worker.join(timeout)
+        self.dispatcher.stop(len(self._threads))
+        end = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.1, end - time.monotonic()))
+        self.watchdog.stop()
+        self._stamper.join(max(0.1, end - time.monotonic()))
         self.live.stop()
         if self.connected.is_set():
             self.publish_stats(connected=False).wait_for_publish(timeout=2)
         self.client.disconnect()
         self.client.loop_stop()
-        connection_created.disconnect(dispatch_uid="bridge-sqlite-busy")
+        connection_created.disconnect(dispatch_uid="bridge-db-waits")
 
     # --- paho callbacks (network thread: never block, never raise) -------------------------------
 
@@ -270,69 +470,107 @@ class Bridge:
             logger.warning("MQTT connection lost (%s); reconnecting", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """Validate and queue; nothing here touches the database. A payload that is not a board's is not kept."""
         try:
-            self.stats["Received"] += 1
-            self.queue.put((time.monotonic(), message.topic, message.payload))
+            received = time.monotonic()
+            self.count("Received")
+            if message.retain:
+                # Boards never publish retained messages: this one is a stored copy the broker hands us again at
+                # every (re)subscription (protocol doc, "Retained messages"). Processing it would replay it forever.
+                self.count("Retained")
+                if self._drop_log.allow():
+                    logger.warning("ignored a retained message on %s", message.topic[:80])
+                return
+            try:
+                machine_id = p.parse_machine_id(message.topic, self.conf["TOPIC"])
+                request = p.parse_payload(message.payload)
+            except p.Malformed as exc:
+                self.count("Dropped")
+                if self._drop_log.allow():
+                    logger.warning("dropped message on %s: %s", message.topic[:80], exc)
+                return
+            job = Job(received, machine_id, request, received + self.deadline)
+            if job.expects_reply:
+                self.watchdog.watch(job)
+            self.dispatcher.put(machine_id, job)
         except Exception:
             logger.exception("on_message failed")
 
-    # --- worker ----------------------------------------------------------------------------------
+    # --- workers ---------------------------------------------------------------------------------
 
     def _work(self) -> None:
         _persistent_connection()
-        next_flush = time.monotonic() + ingest.FLUSH_EVERY
+        name = threading.current_thread().name
         try:
-            while not self._stopping.is_set():
-                # Heartbeat stamps of read-only requests are written in one batch every FLUSH_EVERY seconds.
-                wait = max(0.0, next_flush - time.monotonic()) if ingest.heartbeats_pending() else None
-                try:
-                    item = self.queue.get(timeout=wait)
-                except queue.Empty:
-                    item = _FLUSH
-                if item is None:
-                    break
+            while True:
+                key, item = self.dispatcher.get()
+                if key is _STOP:
+                    return
+                with self._busy_lock:
+                    self._busy[name] = time.monotonic()
                 try:
                     if item is _HOUSEKEEP:
                         self.housekeep()
-                    elif item is not _FLUSH:
-                        self.handle(*item)  # type: ignore[misc]
-                    if time.monotonic() >= next_flush:
-                        next_flush = time.monotonic() + ingest.FLUSH_EVERY
-                        ingest.flush_heartbeats()
-                except Exception:  # the worker must survive anything
+                    else:
+                        self.handle(item)  # type: ignore[arg-type]
+                except Exception:  # a worker must survive anything
                     logger.exception("bridge worker failed on a message")
+                finally:
+                    with self._busy_lock:
+                        self._busy.pop(name, None)
+                    self.dispatcher.done(key)
+        finally:
+            connections.close_all()
+
+    def _stamp(self) -> None:
+        """The fast path's heartbeat stamps, written every FLUSH_EVERY s on their own thread: a locked database
+        delays them, never a reply."""
+        _persistent_connection()
+        try:
+            while not self._stopping.wait(ingest.FLUSH_EVERY):
+                if ingest.heartbeats_pending():
+                    close_old_connections()
+                    ingest.flush_heartbeats()
         finally:
             try:
                 ingest.flush_heartbeats()
             finally:
                 connections.close_all()
 
-    def handle(self, received: float, topic: str, payload: bytes) -> None:
-        """One message: parse, process, reply, broadcast."""
-        try:
-            machine_id = p.parse_machine_id(topic, self.conf["TOPIC"])
-            request = p.parse_payload(payload)
-        except p.Malformed as exc:
-            self.stats["Dropped"] += 1
-            logger.warning("dropped message on %s: %s", topic[:80], exc)
-            return
-        late = time.monotonic() - received > STALE_SECONDS
-        if late and isinstance(request, p.CheckMachine | p.CheckUser | p.InUse | p.SyncCache):
-            self.stats["Late"] += 1
-            logger.warning("machine %s %s: skipped, waited too long", machine_id, request.action)
-            return
+    def handle(self, job: Job) -> None:
+        """One request: process, reply (unless the watchdog already did), broadcast."""
+        request = job.request
+        if job.claimed and isinstance(request, READ_ONLY):
+            return  # answered "cannot decide" at the deadline; a query changes nothing, so it is not run late
         close_old_connections()
-        outcome = ingest.process(machine_id, request)
+        outcome = ingest.process(job.machine_id, request)
         if outcome.reply is not None:
-            if late:
-                self.stats["Late"] += 1
-                logger.warning("machine %s %s: recorded, reply withheld (too late)", machine_id, request.action)
+            if job.claim():
+                self.client.publish(reply_topic(job.machine_id, self.conf), p.encode(outcome.reply), qos=0)
+                self.count("Sent")
             else:
-                self.client.publish(reply_topic(machine_id, self.conf), p.encode(outcome.reply), qos=0)
-                self.stats["Sent"] += 1
+                logger.warning("machine %s %s: recorded after its deadline", job.machine_id, request.action)
         if outcome.failed:
-            self.stats["Errors"] += 1
-        self.live.put(machine_id, outcome)
+            self.count("Errors")
+        if outcome.note == "copy":
+            self.count("Copies")
+        elif outcome.note == "flagged":
+            self.count("Flagged")
+        self.live.put(job.machine_id, outcome)
+
+    def _answer_late(self, job: Job) -> None:
+        """The watchdog's answer: the backend could not decide in time (the board falls back to its cache)."""
+        if not job.claim():
+            return
+        self.client.publish(reply_topic(job.machine_id, self.conf), p.encode(p.unavailable_reply(job.request)), qos=0)
+        self.count("Late")
+        self.count("Sent")
+        logger.warning(
+            "machine %s %s: no decision within %.1f s, answered request_ok false",
+            job.machine_id,
+            job.request.action,
+            self.deadline,
+        )
 
     def housekeep(self) -> None:
         close_old_connections()
@@ -348,12 +586,15 @@ class Bridge:
     # --- stats -----------------------------------------------------------------------------------
 
     def stats_payload(self, connected: bool | None = None) -> dict[str, Any]:
+        with self._stats_lock:
+            counters = dict(self.stats)
         return {
             "Connected": self.connected.is_set() if connected is None else connected,
             "Backend host": self.host,
             "Backend IP": self.host_ip,
-            **self.stats,
-            "Queue": self.queue.qsize(),
+            **counters,
+            "Queue": self.dispatcher.qsize(),
+            "Workers": sum(1 for t in self._threads if t.is_alive()),
             "Started": self.started,
             "Time": _iso_now(),
             "Client id": self.client_id,
@@ -363,3 +604,19 @@ class Bridge:
     def publish_stats(self, connected: bool | None = None) -> mqtt.MQTTMessageInfo:
         payload = json.dumps(self.stats_payload(connected))
         return self.client.publish(f"{STATS_TOPIC}/{self.client_id}", payload, qos=0, retain=True)
+
+
+class _RateLimit:
+    """At most ``per_second`` log lines a second for a flood of the same kind of event (the count is kept)."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._window = 0
+        self._n = 0
+
+    def allow(self) -> bool:
+        now = int(time.monotonic())
+        if now != self._window:
+            self._window, self._n = now, 0
+        self._n += 1
+        return self._n <= self.per_second

@@ -22,6 +22,14 @@ LCD_WIDTH = 16
 MAX_MACHINE_ID = 65535
 UID_RE = re.compile(r"^[0-9a-f]{8}([0-9a-f]{6})?$")
 NO_CARD = "00000000"  # a stopuse after boot or after a remote stop on an idle machine (§4.1, S21)
+# Durations are untrusted: anything above this is kept at this value (and judged implausible by the bridge), so no
+# later arithmetic on it can overflow (Python's timedelta ends at 999,999,999 days, a database bigint at 2^63).
+MAX_DURATION = 2**40  # about 35,000 years
+# synccache pages: no lab has a million cards; a larger offset is not a board's.
+MAX_SYNC_OFFSET = 1_000_000
+# Text a board sends (firmware version, serial) is printable ASCII; control characters, NUL included, are refused
+# before the database sees them (PostgreSQL rejects NUL in text and the bridge used to take that for an outage).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Malformed(ValueError):
@@ -123,7 +131,7 @@ def _duration(data: dict[str, Any]) -> int:
         value = int(value)
     if value < 0:
         raise Malformed("duration is negative")
-    return value
+    return min(value, MAX_DURATION)
 
 
 def _replay(data: dict[str, Any]) -> bool:
@@ -142,6 +150,15 @@ def _heap(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 10:
         return int(value.strip())
     return None
+
+
+def _text(data: dict[str, Any], key: str, limit: int) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        return ""
+    if _CONTROL.search(value):
+        raise Malformed(f"{key} contains control characters")
+    return value.strip()[:limit]
 
 
 def _ip(value: Any) -> str | None:
@@ -184,20 +201,18 @@ def parse_payload(payload: bytes) -> Request:
         case "maintenance":
             return Maintenance(uid=_uid(data), replay=_replay(data))
         case "alive":
-            version = data.get("version")
-            if not isinstance(version, str):
+            if not isinstance(data.get("version"), str):
                 raise Malformed("alive without a version")
-            serial = data.get("serial", "")
             return Alive(
-                version=version.strip()[:100],
+                version=_text(data, "version", 100),
                 ip=_ip(data.get("ip")),
-                serial=serial.strip()[:32] if isinstance(serial, str) else "",
+                serial=_text(data, "serial", 32),
                 heap=_heap(data.get("heap")),
             )
         case "synccache":
             offset = data.get("offset", 0)
-            if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-                raise Malformed("offset is not a non-negative integer")
+            if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_SYNC_OFFSET:
+                raise Malformed("offset is not an integer between 0 and 1,000,000")
             return SyncCache(offset=offset)
     raise Malformed(f"unknown action {action[:20]!r}")
 

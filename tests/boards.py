@@ -78,3 +78,24 @@ class SimBoard:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def time_passes(seconds: float) -> None:
+    """Make ``seconds`` pass for the history: every recorded time (machines heard, uses) moves that far back.
+
+    The bridge judges a board's durations by its own clock (a 65 s session needs 65 s since it opened); tests
+    cannot wait that long, so they move the past instead. The bridge's pending heartbeat stamps are written first.
+    """
+    from datetime import timedelta
+
+    from django.db.models import F
+
+    from machines.models import Machine, Use
+    from telemetry import ingest
+
+    ingest.flush_heartbeats()
+    delta = timedelta(seconds=seconds)
+    Machine.objects.filter(last_seen__isnull=False).update(last_seen=F("last_seen") - delta)
+    Machine.objects.filter(heard_live_at__isnull=False).update(heard_live_at=F("heard_live_at") - delta)
+    Use.objects.update(started_at=F("started_at") - delta, last_seen=F("last_seen") - delta)
+    Use.objects.filter(ended_at__isnull=False).update(ended_at=F("ended_at") - delta)

@@ -73,8 +73,8 @@ def test_unknown_cards_are_listed_newest_first_with_a_register_link(admin_client
 
 
 def test_registering_from_an_unknown_card_prefills_it_and_clears_its_swipes(admin_client: Client, lab: Lab) -> None:
-    for machine in (lab.laser, lab.printer, lab.laser):
-        UnknownCard.objects.create(uid="deadbeef", machine=machine)
+    UnknownCard.objects.create(uid="deadbeef", machine=lab.laser, count=2)
+    UnknownCard.objects.create(uid="deadbeef", machine=lab.printer)
     UnknownCard.objects.create(uid="cafebabe", machine=lab.laser)
 
     form = admin_client.get(ADD, {"card": "DEADBEEF"}).content.decode()
