@@ -5,6 +5,10 @@ active member with that address who has (or, being staff, may set) a portal pass
 ``EMAIL_LIMIT`` per address and ``IP_LIMIT`` per client IP in ``WINDOW_SECONDS`` (counters in Django's cache).
 Over the limit, nothing is sent and nothing is said.
 
+The mail is sent off the request path, by one background thread: looking the address up, rendering and talking to
+the SMTP server took 350-440 ms for an existing staff address against 8-17 ms for an unknown one, which told staff
+addresses apart. Now both answers return before any of that happens.
+
 Links point to ``settings.PUBLIC_URL``, the lab's configured address, never to the request's Host header: a reset
 asked for with ``Host: evil.example`` must not mail a link to evil.example.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +25,7 @@ from django.conf import settings
 from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.views import PasswordResetView
 from django.core.cache import cache
+from django.db import close_old_connections, connections
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from .forms import StaffPasswordResetForm
@@ -62,6 +68,26 @@ def send_reset_mail(email: str) -> None:
         form.save(**link_options())
 
 
+# One worker: mails go out one at a time (the rate limits keep the queue short), and a slow SMTP server holds up
+# only this thread. Not a daemon: a queued mail is still sent when the process shuts down.
+_mailer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-reset-mail")
+
+
+def _send_in_background(email: str) -> None:
+    close_old_connections()
+    try:
+        send_reset_mail(email)
+    except Exception:  # the form already logs SMTP failures; this is for the lookup and the rendering
+        logger.exception("Password reset mail not sent")
+    finally:
+        connections.close_all()  # this thread's own database connection
+
+
+def queue_reset_mail(email: str) -> Future[None]:
+    """Send the reset mail off the request path; the answer must not depend on whether the address exists."""
+    return _mailer.submit(_send_in_background, email)
+
+
 class RateLimitedPasswordResetView(PasswordResetView):
     # Staff added in the portal or imported have no password yet: reset is how they set their first one.
     form_class = StaffPasswordResetForm
@@ -69,7 +95,7 @@ class RateLimitedPasswordResetView(PasswordResetView):
     def form_valid(self, form: PasswordResetForm) -> HttpResponse:
         request: HttpRequest = self.request
         if allowed(ip=request.META.get("REMOTE_ADDR"), email=form.cleaned_data["email"]):
-            send_reset_mail(form.cleaned_data["email"])
+            queue_reset_mail(form.cleaned_data["email"])
         else:
             logger.warning("Password reset rate limit reached (IP %s)", request.META.get("REMOTE_ADDR"))
         # The same answer either way: no hint about limits or addresses.

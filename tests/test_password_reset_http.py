@@ -136,3 +136,34 @@ def test_the_link_never_comes_from_the_request_even_for_an_allowed_host(staff: M
     [body] = smtp.bodies()
     assert re.search(rf"{re.escape(PUBLIC_URL)}/reset/[^/\s]+/[^/\s]+/", body)
     assert "intranet.lab" not in body
+
+
+def test_the_answer_does_not_wait_for_the_mail_server(staff: Member) -> None:
+    """With the SMTP server stuck inside DATA, the answer for an existing address must come back anyway: had it
+    waited for the mail, it would take longer than the one for an unknown address."""
+    with smtp_server(blocked=True) as (smtp, smtp_port):
+        with daphne(_env(smtp_port)) as server:
+            host = f"127.0.0.1:{server.port}"
+            unknown = ask_reset(server, "nobody@lab.test", host=host)
+            answers: list[Answer] = []
+            asking = threading.Thread(target=lambda: answers.append(ask_reset(server, "zoe@lab.test", host=host)))
+            asking.start()
+            try:
+                assert smtp.entered.wait(30), server.output()  # the mail is on its way, the server holds it
+                asking.join(30)
+                assert answers, "the answer waited for the SMTP server"
+                assert not smtp.hold.is_set() and not smtp.messages  # still blocked when the answer came
+            finally:
+                smtp.hold.set()
+                asking.join(60)
+            assert smtp.received.wait(30), server.output()
+    [known] = answers
+    assert (
+        (known.status, known.headers["Location"])
+        == (unknown.status, unknown.headers["Location"])
+        == (
+            302,
+            "/admin/password_reset/done/",
+        )
+    )
+    assert len(smtp.messages) == 1 and "zoe@lab.test" in smtp.messages[0]

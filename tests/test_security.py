@@ -32,6 +32,13 @@ def _fresh_rate_limits() -> None:
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _mail_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The portal sends reset mails from a background thread, which cannot see this test's uncommitted rows:
+    here they go out at once (tests/test_password_reset_http.py proves the answer does not wait for them)."""
+    monkeypatch.setattr(password_reset, "queue_reset_mail", password_reset.send_reset_mail)
+
+
 @pytest.fixture
 def staff(lab: Lab) -> Member:
     member = lab.staff
