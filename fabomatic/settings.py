@@ -245,6 +245,8 @@ vars().update(env.email_url("EMAIL_URL"))
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 DEFAULT_ADMIN_EMAIL = env("DEFAULT_ADMIN_EMAIL")
+# Seconds before a silent SMTP server is given up on (Django's default waits for ever).
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
 
 # --- Import / export ------------------------------------------------------------------------
 IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = True
