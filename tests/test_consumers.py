@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
@@ -136,14 +138,18 @@ async def test_it_authenticates_through_the_session_cookie_of_the_real_stack(sta
     await database_sync_to_async(client.force_login)(staff)
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
     communicator = WebsocketCommunicator(
-        application, "/ws/dashboard/", headers=[(b"cookie", cookie), (b"origin", b"http://testserver")]
+        application,
+        "/ws/dashboard/",
+        headers=[(b"cookie", cookie), (b"host", b"testserver"), (b"origin", b"http://testserver")],
     )
     connected, _ = await communicator.connect()
     assert connected
     assert (await communicator.receive_json_from())["type"] == "snapshot"
     await communicator.disconnect()
 
-    anonymous = WebsocketCommunicator(application, "/ws/dashboard/", headers=[(b"origin", b"http://testserver")])
+    anonymous = WebsocketCommunicator(
+        application, "/ws/dashboard/", headers=[(b"host", b"testserver"), (b"origin", b"http://testserver")]
+    )
     connected, _ = await anonymous.connect()
     assert not connected
 
@@ -222,3 +228,137 @@ async def test_it_pushes_a_portal_edit_once_it_commits(staff, lab) -> None:
     message = await communicator.receive_json_from()
     assert (message["tile"]["id"], message["tile"]["state"]) == (2, "blocked")
     await communicator.disconnect()
+
+
+# --- Origins: only pages of the portal itself --------------------------------------------------------------
+
+
+def _session_cookie(member: object) -> str:
+    client = Client()
+    client.force_login(member)
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "origin", "accepted"),
+    [
+        ("ws", "localhost:8000", "http://localhost:8000", True),
+        ("wss", "localhost:23336", "https://localhost:23336", True),
+        ("wss", "localhost", "https://localhost", True),  # default port, written or not
+        ("wss", "localhost:443", "https://localhost", True),
+        ("ws", "localhost:8000", "http://localhost:8080", False),  # another port of the same host
+        ("wss", "localhost:23336", "http://localhost:23336", False),  # another scheme
+        ("ws", "localhost:8000", "http://evil.example", False),
+        ("ws", "evil.example:8000", "http://evil.example:8000", False),  # a host not in ALLOWED_HOSTS
+        ("ws", "localhost:8000", "null", False),
+        ("ws", "localhost:8000", None, False),
+        ("ws", "intranet.lab:8000", "https://fablab.example.org", True),  # PUBLIC_URL
+        ("ws", "intranet.lab:8000", "https://fablab.example.org:8443", False),
+    ],
+)
+async def test_it_accepts_only_its_own_origin(staff, settings, scheme, host, origin, accepted) -> None:
+    settings.ALLOWED_HOSTS = ["localhost", "intranet.lab"]
+    settings.PUBLIC_URL = "https://fablab.example.org"
+    cookie = await database_sync_to_async(_session_cookie)(staff)
+    headers = [(b"cookie", cookie.encode()), (b"host", host.encode())]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=headers)
+    communicator.scope["scheme"] = scheme
+    connected, _ = await communicator.connect()
+    assert connected is accepted
+    await communicator.disconnect()
+
+
+async def test_a_page_on_another_port_of_the_same_host_cannot_open_the_dashboard(staff) -> None:
+    """Over real HTTP: daphne as served, the viewer's own session cookie, a page's Origin on another port."""
+    import websockets
+    from websockets.exceptions import InvalidStatus
+
+    from .browser import daphne, server_env
+
+    cookie = await database_sync_to_async(_session_cookie)(staff)
+    env = server_env(connection.settings_dict["NAME"], redis_url="")
+    env["SECRET_KEY"] = django_settings.SECRET_KEY  # the session was signed here
+    with daphne(env) as server:
+        url = f"ws://127.0.0.1:{server.port}/ws/dashboard/"
+        for origin in (f"http://127.0.0.1:{server.port + 1}", f"http://localhost:{server.port}"):
+            with pytest.raises(InvalidStatus) as refused:
+                await websockets.connect(url, origin=origin, additional_headers={"Cookie": cookie})
+            assert refused.value.response.status_code == 403
+        async with websockets.connect(
+            url, origin=f"http://127.0.0.1:{server.port}", additional_headers={"Cookie": cookie}
+        ) as socket:
+            assert json.loads(await asyncio.wait_for(socket.recv(), 10))["type"] == "snapshot"
+
+
+# --- Revocation: an open socket closes when its member loses access ---------------------------------------
+
+
+async def _closed(communicator: WebsocketCommunicator) -> int | None:
+    output = await communicator.receive_output(timeout=5)
+    return output["code"] if output["type"] == "websocket.close" else None
+
+
+@pytest.mark.parametrize("revoke", ["not_staff", "inactive", "erased", "deleted"])
+async def test_it_closes_the_dashboard_of_a_member_who_loses_access(staff, revoke) -> None:
+    from members.gdpr import erase_member
+
+    communicator = await _connected(staff)
+    other = await _connected(await database_sync_to_async(MemberFactory)(is_staff=True))
+
+    def apply() -> None:
+        member = staff.__class__.objects.get(pk=staff.pk)
+        if revoke == "not_staff":
+            member.is_staff = False
+            member.save()
+        elif revoke == "inactive":
+            member.is_active = False
+            member.save()
+        elif revoke == "erased":
+            erase_member(member)
+        else:
+            member.delete()
+
+    await database_sync_to_async(apply)()
+    assert await _closed(communicator) == CLOSE_FORBIDDEN
+    assert await other.receive_nothing()  # the others' dashboards stay open
+    await get_channel_layer().group_send(GROUP, {"type": "machine.heartbeat", "id": 1, "last_seen": "x"})
+    assert (await other.receive_json_from())["type"] == "machine.heartbeat"
+    await other.disconnect()
+
+
+async def test_an_edit_that_keeps_access_keeps_the_dashboard_open(staff) -> None:
+    communicator = await _connected(staff)
+
+    def rename() -> None:
+        member = staff.__class__.objects.get(pk=staff.pk)
+        member.first_name = "Renamed"
+        member.save()
+
+    await database_sync_to_async(rename)()
+    assert await communicator.receive_nothing(timeout=0.5)
+    tile = {"id": 1, "name": "X", "state": "free"}
+    await get_channel_layer().group_send(GROUP, {"type": "machine.update", "tile": tile})
+    assert (await communicator.receive_json_from())["tile"] == tile
+    await communicator.disconnect()
+
+
+async def test_a_new_password_closes_the_dashboards_of_the_old_session(staff) -> None:
+    """Through the real session stack: the session's hash no longer matches once the password changes."""
+    cookie = await database_sync_to_async(_session_cookie)(staff)
+    communicator = WebsocketCommunicator(
+        application,
+        "/ws/dashboard/",
+        headers=[(b"cookie", cookie.encode()), (b"host", b"testserver"), (b"origin", b"http://testserver")],
+    )
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from())["type"] == "snapshot"
+
+    def new_password() -> None:
+        member = staff.__class__.objects.get(pk=staff.pk)
+        member.set_password("a-brand-new-password-7")
+        member.save()
+
+    await database_sync_to_async(new_password)()
+    assert await _closed(communicator) == CLOSE_FORBIDDEN
