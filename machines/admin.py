@@ -136,13 +136,15 @@ class UseStatusFilter(admin.SimpleListFilter):
     parameter_name = "open"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", _("In progress")), ("no", _("Ended"))]
+        return [("yes", _("In progress")), ("no", _("Ended")), ("flagged", _("To review (implausible duration)"))]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Use]) -> QuerySet[Use]:
         if self.value() == "yes":
             return queryset.filter(ended_at__isnull=True)
         if self.value() == "no":
             return queryset.filter(ended_at__isnull=False)
+        if self.value() == "flagged":
+            return queryset.exclude(flag=Use.Flag.NONE)
         return queryset
 
 
@@ -336,6 +338,12 @@ class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Machine]:
         return super().get_queryset(request).prefetch_related("plans")
+
+    def save_model(self, request: HttpRequest, obj: Machine, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change or "hours" in form.changed_data:
+            # The meter is the history plus a starting point: the service keeps the two apart.
+            services.set_hour_meter(obj, obj.hours)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Machine | None = None) -> list[str]:
         # The id is what the board is configured with: set once.
@@ -593,11 +601,22 @@ class UseAdmin(LiveUpdatesMixin, HistoryAdmin):
     ordering = ["-started_at"]
     sortable_by = ["started"]
     autocomplete_fields = ["member", "machine"]
-    actions = ["end_now", "export_admin_action", "delete_selected"]
+    actions = ["end_now", "accept_reported", "accept_observed", "export_admin_action", "delete_selected"]
 
     @admin.display(description=gettext_lazy("started"), ordering="started_at")
     def started(self, use: Use) -> str:
         return format_html("{} {}", short_datetime(use.started_at), replay_flag(use.replay))
+
+    @admin.display(description=gettext_lazy("review"))
+    def review(self, use: Use) -> str:
+        if not use.flag:
+            return badge(_("counted"), "ok")
+        return format_html(
+            "{}<br>{}",
+            badge(use.get_flag_display(), "warn"),
+            _("Reported %(reported)s, plausible at most %(limit)s: not on the hour meter until accepted.")
+            % {"reported": format_seconds(use.reported_duration), "limit": format_seconds(use.plausible_max)},
+        )
 
     @admin.display(description=gettext_lazy("ended"))
     def ended(self, use: Use) -> Any:
@@ -605,6 +624,8 @@ class UseAdmin(LiveUpdatesMixin, HistoryAdmin):
 
     @admin.display(description=gettext_lazy("duration"))
     def duration_hm(self, use: Use) -> str:
+        if use.flag:
+            return badge(_("to review"), "warn", title=str(use.get_flag_display()))
         if use.ended_at is None:
             return format_hours((timezone.now() - use.started_at).total_seconds() / 3600) + "…"
         return format_seconds(use.duration)
@@ -617,7 +638,7 @@ class UseAdmin(LiveUpdatesMixin, HistoryAdmin):
         if obj is None:
             return [(None, {"fields": ["member", "machine", "started_at", "ended_at"]})]
         return [
-            (None, {"fields": ["member", "machine", "replay", "duration_hm", "last_seen"]}),
+            (None, {"fields": ["member", "machine", "replay", "duration_hm", "last_seen", "review"]}),
             (
                 gettext_lazy("Correction"),
                 {
@@ -630,7 +651,7 @@ class UseAdmin(LiveUpdatesMixin, HistoryAdmin):
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Use | None = None) -> list[str]:
-        return ["member", "machine", "replay", "duration_hm", "last_seen"] if obj is not None else []
+        return ["member", "machine", "replay", "duration_hm", "last_seen", "review"] if obj is not None else []
 
     def save_model(self, request: HttpRequest, obj: Use, form: Any, change: bool) -> None:
         data = form.cleaned_data
@@ -649,6 +670,35 @@ class UseAdmin(LiveUpdatesMixin, HistoryAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Use]) -> None:
         for use in queryset:
             services.delete_use(use)
+
+    @admin.action(description=gettext_lazy("Accept the duration the board reported"), permissions=["change"])
+    def accept_reported(self, request: HttpRequest, queryset: QuerySet[Use]) -> None:
+        self._accept(request, queryset, reported=True)
+
+    @admin.action(description=gettext_lazy("Accept the time observed by the backend"), permissions=["change"])
+    def accept_observed(self, request: HttpRequest, queryset: QuerySet[Use]) -> None:
+        self._accept(request, queryset, reported=False)
+
+    def _accept(self, request: HttpRequest, queryset: QuerySet[Use], *, reported: bool) -> None:
+        accepted = 0
+        for use in queryset.exclude(flag=Use.Flag.NONE).filter(ended_at__isnull=False):
+            services.accept_flagged(use, reported=reported)
+            self.log_change(request, use, _("Accepted a flagged duration"))
+            self.push_live([use.machine_id])
+            accepted += 1
+        if accepted:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(n)d use accepted: the hour meter counts it.",
+                    "%(n)d uses accepted: the hour meter counts them.",
+                    accepted,
+                )
+                % {"n": accepted},
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(request, _("None of the selected uses was flagged and ended."), messages.WARNING)
 
     @admin.action(description=gettext_lazy("End the selected uses now"), permissions=["change"])
     def end_now(self, request: HttpRequest, queryset: QuerySet[Use]) -> None:

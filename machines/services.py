@@ -161,7 +161,7 @@ def judge_duration(
 #
 # Definition (what recount_machine() derives from the history, and what every incremental change keeps):
 #   machine.hours            = hours_offset + Σ duration of its closed uses / 3600
-#   meter at time T          = hours_offset + Σ duration of its closed uses that started before T / 3600
+#   meter at time T          = hours_offset + Σ duration of its closed uses started at or before T / 3600
 #   plan.done_at_hours       = meter at plan.done_at (its latest intervention), or hours_offset if never done
 #   intervention.machine_hours = meter at its performed_at
 # A flagged use has duration 0 until staff accept it, so it counts nowhere.
@@ -179,10 +179,10 @@ def add_machine_seconds(machine_id: int, seconds: float, *, started_at: datetime
     hours = seconds / 3600
     Machine.objects.filter(pk=machine_id).update(hours=F("hours") + hours)
     if started_at is not None:
-        MaintenancePlan.objects.filter(machine_id=machine_id, done_at__gt=started_at).update(
+        MaintenancePlan.objects.filter(machine_id=machine_id, done_at__gte=started_at).update(
             done_at_hours=F("done_at_hours") + hours
         )
-        Intervention.objects.filter(machine_id=machine_id, performed_at__gt=started_at).update(
+        Intervention.objects.filter(machine_id=machine_id, performed_at__gte=started_at).update(
             machine_hours=F("machine_hours") + hours
         )
 
@@ -244,7 +244,7 @@ def recount_machine(machine_id: int) -> None:
         sums = [0, *itertools.accumulate(seconds for _, seconds in closed)]
 
         def meter(when: datetime) -> float:
-            return machine.hours_offset + sums[bisect.bisect_left(starts, when)] / 3600
+            return machine.hours_offset + sums[bisect.bisect_right(starts, when)] / 3600
 
         hours = machine.hours_offset + sums[-1] / 3600
         if abs(hours - machine.hours) > 1e-9:
@@ -295,10 +295,10 @@ def _same(a: object, b: object) -> bool:
 
 @transaction.atomic
 def set_hour_meter(machine: Machine, hours: float) -> None:
-    """Staff set the meter (e.g. the hours a machine had before the system): maintenance counters keep their
-    hours since the last intervention."""
-    current = Machine.objects.select_for_update().get(pk=machine.pk)
-    Machine.objects.filter(pk=machine.pk).update(hours_offset=current.hours_offset + hours - current.hours)
+    """Staff set the meter (e.g. the hours a machine had before the system). Maintenance counters keep their
+    hours since the last intervention: they count the history, not the meter's starting point."""
+    seconds = Use.objects.filter(machine_id=machine.pk, ended_at__isnull=False).aggregate(s=Sum("duration"))["s"]
+    Machine.objects.filter(pk=machine.pk).update(hours_offset=hours - (seconds or 0) / 3600)
     recount_machine(machine.pk)
 
 
@@ -357,7 +357,7 @@ def register_use(*, member: Member, machine: Machine, started_at: datetime, ende
 
 def meter_at(machine: Machine, when: datetime) -> float:
     """The machine's hour meter at ``when``: today's reading less the closed use started since (machine index)."""
-    later = Use.objects.filter(machine=machine, started_at__gte=when, duration__isnull=False).aggregate(
+    later = Use.objects.filter(machine=machine, started_at__gt=when, duration__isnull=False).aggregate(
         s=Sum("duration")
     )["s"]
     hours = Machine.objects.filter(pk=machine.pk).values_list("hours", flat=True).first() or 0.0

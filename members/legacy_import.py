@@ -36,7 +36,7 @@ from django.contrib.auth.hashers import make_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
-from django.db.models import Model
+from django.db.models import Model, Sum
 from django.utils import timezone
 
 from machines.models import LCD_WIDTH, Authorization, Intervention, Machine, MachineType, MaintenancePlan, Use
@@ -256,6 +256,7 @@ class _Importer:
         self.unknown_cards()
         self.boards()
         self.maintenance_counters()
+        self.rebase_meters()
 
     def roles(self) -> None:
         t = self.tally("Roles")
@@ -690,24 +691,29 @@ class _Importer:
             self.warn(f"Uses: {negative} use(s) ended before they started; imported with duration 0.")
 
     def unknown_cards(self) -> None:
+        """One row per card and machine (the swipes counted), as the bridge keeps them."""
         t = self.tally("Unknown cards")
-        present = set(self.legacy_map(UnknownCard))
-        new: list[UnknownCard] = []
+        present = set(UnknownCard.objects.values_list("uid", "machine_id"))
+        groups: dict[tuple[str, int], UnknownCard] = {}
         orphans = invalid = 0
         for row in self.rows("SELECT id, card_UUID AS card, timestamp, machine_id FROM unknown_cards ORDER BY id"):
             t.found += 1
-            if row["id"] in present:
-                t.existing += 1
-                continue
             uid, seen = normalize_uid(row["card"]), _dt(row["timestamp"])
             if row["machine_id"] not in self.machine_ids or seen is None:
                 orphans += 1
             elif not uid or len(uid) > 14:
                 invalid += 1
+            elif (uid, row["machine_id"]) in present:
+                t.existing += 1
+            elif (group := groups.get((uid, row["machine_id"]))) is not None:
+                group.count += 1
+                group.first_seen, group.seen_at = min(group.first_seen, seen), max(group.seen_at, seen)
             else:
-                new.append(UnknownCard(uid=uid, machine_id=row["machine_id"], seen_at=seen, legacy_id=row["id"]))
-        UnknownCard.objects.bulk_create(new, batch_size=BATCH)
-        t.created += len(new)
+                groups[uid, row["machine_id"]] = UnknownCard(
+                    uid=uid, machine_id=row["machine_id"], seen_at=seen, first_seen=seen, legacy_id=row["id"]
+                )
+        UnknownCard.objects.bulk_create(groups.values(), batch_size=BATCH)
+        t.created += len(groups)
         self.orphans("Unknown cards", orphans)
         if invalid:
             t.skipped += invalid
@@ -831,3 +837,21 @@ class _Importer:
             item.machine_hours = max(0.0, hours[mid] - seconds / 3600)
         Intervention.objects.bulk_update(done, ["machine_hours"], batch_size=BATCH)
         self.con.execute("DROP TABLE IF EXISTS temp.fab_closed")
+
+    def rebase_meters(self) -> None:
+        """The part of each imported meter that no use backs (the old accumulator), then the counters re-derived
+        from the history (machines.services.recount_machine), as every later correction will."""
+        from machines.services import recount_machine
+
+        ids = list(Machine.objects.filter(pk__in=self.machine_ids).values_list("pk", flat=True))
+        seconds = dict(
+            Use.objects.filter(machine_id__in=ids, ended_at__isnull=False)
+            .values("machine_id")
+            .annotate(s=Sum("duration"))
+            .values_list("machine_id", "s")
+        )
+        for machine in Machine.objects.filter(pk__in=ids).only("pk", "hours"):
+            Machine.objects.filter(pk=machine.pk).update(
+                hours_offset=machine.hours - (seconds.get(machine.pk) or 0) / 3600
+            )
+            recount_machine(machine.pk)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from machines.models import Authorization, Machine, MachineType, MaintenancePlan
 from members.models import Card, Member, Role
+from telemetry.mqtt import Bridge
 
+from .boards import SimBoard
 from .services import Broker, Redis, mosquitto, redis_server
 
 
@@ -72,3 +76,31 @@ def own_broker() -> Iterator[Broker]:
 def redis() -> Iterator[Redis]:
     with redis_server() as r:
         yield r
+
+
+# --- the bridge in this process, and simulated boards on machines 1 and 2 ---------------------------------------
+
+
+@pytest.fixture
+def bridge(broker: Broker, settings: Any) -> Iterator[Bridge]:
+    """The real bridge on the session's broker, with the test database (tests marked django_db(transaction=True))."""
+    settings.MQTT = {**settings.MQTT, "HOST": "127.0.0.1", "PORT": broker.port, "TOPIC": "machine"}
+    b = Bridge(client_id=f"test-bridge-{uuid.uuid4().hex[:8]}", housekeeping_every=3600)
+    b.start()
+    assert b.subscribed.wait(10), "bridge did not subscribe"
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def m1(bridge: Bridge, broker: Broker) -> Iterator[SimBoard]:
+    board = SimBoard(broker.port, 1)
+    yield board
+    board.close()
+
+
+@pytest.fixture
+def m2(bridge: Bridge, broker: Broker) -> Iterator[SimBoard]:
+    board = SimBoard(broker.port, 2)
+    yield board
+    board.close()

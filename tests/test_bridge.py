@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -27,30 +25,6 @@ from .services import Broker
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.broker]
 
 N, A, S, U, D = "aabbccd3", "aabbccd1", "aabbccd2", "aabbccd4", "aabbccd5"
-
-
-@pytest.fixture
-def bridge(broker: Broker, settings) -> Iterator[Bridge]:
-    settings.MQTT = {**settings.MQTT, "HOST": "127.0.0.1", "PORT": broker.port, "TOPIC": "machine"}
-    b = Bridge(client_id=f"test-bridge-{uuid.uuid4().hex[:8]}", housekeeping_every=3600)
-    b.start()
-    assert b.subscribed.wait(10), "bridge did not subscribe"
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def m1(bridge: Bridge, broker: Broker) -> Iterator[SimBoard]:
-    board = SimBoard(broker.port, 1)
-    yield board
-    board.close()
-
-
-@pytest.fixture
-def m2(bridge: Bridge, broker: Broker) -> Iterator[SimBoard]:
-    board = SimBoard(broker.port, 2)
-    yield board
-    board.close()
 
 
 def use_of(member) -> Use:
