@@ -8,10 +8,8 @@ DATA=/var/lib/fabomatic
 cd "$APP"
 id fabomatic >/dev/null 2>&1 || useradd --system --home-dir "$DATA" --shell /usr/sbin/nologin fabomatic
 scripts/setup.sh run
-install -d -o fabomatic -g fabomatic -m 750 "$DATA"
-chmod o+x "$DATA"  # mosquitto traverses it to read mosquitto/ (nothing else is readable)
-# The broker files: written by fabomatic, readable by the mosquitto group only.
-install -d -o fabomatic -g mosquitto -m 2750 "$DATA/mosquitto"
+# The data directory: the fabomatic user's alone (the broker's group may only pass through to mosquitto/).
+deploy/datadir.sh "$DATA" fabomatic mosquitto
 if [ ! -e .env ]; then
   key=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(50))')
   pw=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))')
@@ -24,6 +22,7 @@ if [ ! -e .env ]; then
 fi
 scripts/env.sh  # ALLOWED_HOSTS (this machine's names and addresses) and PUBLIC_URL, when .env lacks them
 chown -R fabomatic:fabomatic "$APP/var" 2>/dev/null || true
+chmod -R g-w,o-rwx "$APP/var" 2>/dev/null || true
 cp deploy/mosquitto/fabomatic.conf /etc/mosquitto/conf.d/fabomatic.conf
 cp deploy/systemd/*.service deploy/systemd/*.timer deploy/systemd/*.path /etc/systemd/system/
 systemctl daemon-reload

@@ -17,7 +17,10 @@ from django.utils.translation import gettext_lazy as _
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("FABOMATIC_DATA_DIR", BASE_DIR / "var"))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# The database (e-mails, card UIDs, password hashes), logs and backups are nobody else's: whatever umask the process
+# was started with, what it creates is 0640 (files) and 0750 (directories) or tighter (the units set UMask=0027).
+os.umask(os.umask(0o027) | 0o027)
+DATA_DIR.mkdir(mode=0o750, parents=True, exist_ok=True)
 
 env = environ.FileAwareEnv(
     DEBUG=(bool, False),

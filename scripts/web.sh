@@ -3,6 +3,7 @@
 # TLS_CERT_FILE/TLS_KEY_FILE if given, else a self-signed certificate made on first run (scripts/tls.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+umask 027  # the database and logs hold personal data (the systemd units set UMask=0027 too)
 scripts/tls.sh
 dir="${FABOMATIC_DATA_DIR:-var}/tls"
 cert="${TLS_CERT_FILE:-$dir/cert.pem}"
