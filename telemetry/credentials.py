@@ -1,8 +1,14 @@
-"""Per-board MQTT credentials and the Mosquitto password and ACL files made from them.
+"""Per-device MQTT credentials and the Mosquitto password and ACL files made from them.
 
-Each machine's board logs in as ``board-<id>`` and may publish only to ``<topic>/<id>`` and read only
-``<topic>/<id>/reply`` and ``<topic>/<id>/request``. The bridge logs in with the account of ``MQTT_BROKER_URL``
-and may read and write everything under ``<topic>/#`` and ``stats/#``.
+Each machine's board logs in as ``board-<id>`` and may publish only to ``<topic>/<id>`` (and to its machine's
+switch topic, if one is declared) and read only ``<topic>/<id>/reply`` and ``<topic>/<id>/request``. A machine's
+Shelly power switch (board-protocol.md §2.9) logs in as ``switch-<id>`` and may only read its switch topic. The
+bridge logs in with the account of ``MQTT_BROKER_URL`` and may read and write everything under ``<topic>/#`` and
+``stats/#``.
+
+Devices and the bridge use different listeners of deploy/mosquitto/fabomatic.conf, with different password
+files: ``passwd`` (devices, whose client id the broker replaces by their user name) and ``backend-passwd`` (the
+bridge's account only). The ACL file serves both.
 
 Secrets are generated here, shown once, and only their hash (Mosquitto's ``$7$`` PBKDF2-SHA512 format, the
 one ``mosquitto_passwd`` writes) is stored, so the files can be rewritten at any time without knowing them.
@@ -14,14 +20,16 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.contrib import admin
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -30,16 +38,20 @@ from django.utils.translation import gettext_lazy as _
 
 from machines.models import Machine
 
-from .models import BoardCredential
+from .models import STATS_TOPIC, BoardCredential, SwitchCredential
 
 logger = logging.getLogger(__name__)
 
 MOSQUITTO_ITERATIONS = 101  # what mosquitto_passwd 2.x uses
-STATS_TOPIC = "stats"
+DEVICE_USERNAME = re.compile(r"(board|switch)-\d+")
 
 
 def board_username(machine_id: int) -> str:
     return f"board-{machine_id}"
+
+
+def switch_username(machine_id: int) -> str:
+    return f"switch-{machine_id}"
 
 
 def mosquitto_hash(password: str, *, salt: bytes | None = None, iterations: int = MOSQUITTO_ITERATIONS) -> str:
@@ -76,22 +88,62 @@ def issue_missing() -> list[IssuedSecret]:
         return [issue(m) for m in Machine.objects.filter(board_credential__isnull=True).order_by("pk")]
 
 
+def declare_switch(machine: Machine, topic: str) -> IssuedSecret | None:
+    """Declare (or move) the Shelly switch of a machine: its board may then publish to ``topic``.
+
+    A new switch gets its account ``switch-<id>`` and a secret, returned once; a moved one keeps its secret (None).
+    Raises ValidationError for a topic that is not allowed (``validate_switch_topic``) or is another machine's.
+    """
+    cred = SwitchCredential.objects.filter(machine=machine).first()
+    issued = None
+    if cred is None:
+        secret = new_secret()
+        cred = SwitchCredential(machine=machine, password_hash=mosquitto_hash(secret))
+        issued = IssuedSecret(machine=machine, username=switch_username(machine.pk), secret=secret)
+    cred.topic = topic
+    cred.full_clean()
+    cred.save()
+    logger.info("Switch topic of machine %s: %s", machine.pk, topic)
+    return issued
+
+
+def issue_switch(machine: Machine) -> IssuedSecret:
+    """A new secret for the declared switch of a machine (SwitchCredential.DoesNotExist without one)."""
+    cred = SwitchCredential.objects.get(machine=machine)
+    secret = new_secret()
+    cred.password_hash = mosquitto_hash(secret)
+    cred.save(update_fields=["password_hash"])
+    logger.info("New MQTT secret issued for %s", cred.username)
+    return IssuedSecret(machine=machine, username=cred.username, secret=secret)
+
+
+def remove_switch(machine: Machine) -> bool:
+    """Forget the switch of a machine: its account and its board's right to publish there go."""
+    return SwitchCredential.objects.filter(machine=machine).delete()[0] > 0
+
+
 def backend_account() -> tuple[str, str] | None:
     """(username, password) of the bridge, from MQTT_BROKER_URL; None without a username."""
     user = settings.MQTT.get("USERNAME")
     if not user:
         return None
+    if DEVICE_USERNAME.fullmatch(user):
+        # The ACL would give that device the bridge's rights.
+        raise ImproperlyConfigured(f"MQTT_BROKER_URL's user {user!r} is the name of a device account")
     return user, settings.MQTT.get("PASSWORD") or ""
 
 
 def password_file_text() -> str:
-    lines = []
-    account = backend_account()
-    if account:
-        lines.append(f"{account[0]}:{mosquitto_hash(account[1])}")
-    for cred in BoardCredential.objects.order_by("machine_id"):
-        lines.append(f"{cred.username}:{cred.password_hash}")
+    """The devices' password file: boards and switches (never the bridge: see the module's docstring)."""
+    lines = [f"{cred.username}:{cred.password_hash}" for cred in BoardCredential.objects.order_by("machine_id")]
+    lines += [f"{cred.username}:{cred.password_hash}" for cred in SwitchCredential.objects.order_by("machine_id")]
     return "\n".join(lines) + "\n"
+
+
+def backend_password_file_text() -> str:
+    """The password file of the bridge's listener: the account of MQTT_BROKER_URL only."""
+    account = backend_account()
+    return f"{account[0]}:{mosquitto_hash(account[1])}\n" if account else "\n"
 
 
 def acl_file_text() -> str:
@@ -100,14 +152,19 @@ def acl_file_text() -> str:
     account = backend_account()
     if account:
         out += [f"user {account[0]}", f"topic readwrite {topic}/#", f"topic readwrite {STATS_TOPIC}/#", ""]
+    switches = dict(SwitchCredential.objects.values_list("machine_id", "topic"))
     for machine_id in BoardCredential.objects.order_by("machine_id").values_list("machine_id", flat=True):
         out += [
             f"user {board_username(machine_id)}",
             f"topic write {topic}/{machine_id}",
             f"topic read {topic}/{machine_id}/reply",
             f"topic read {topic}/{machine_id}/request",
-            "",
         ]
+        if machine_id in switches:
+            out.append(f"topic write {switches[machine_id]}")
+        out.append("")
+    for machine_id, switch_topic in sorted(switches.items()):
+        out += [f"user {switch_username(machine_id)}", f"topic read {switch_topic}", ""]
     return "\n".join(out)
 
 
@@ -128,21 +185,38 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def default_paths() -> tuple[Path, Path]:
+class BrokerFiles(NamedTuple):
+    password: Path  # the devices' accounts
+    backend_password: Path  # the bridge's account
+    acl: Path
+
+
+def default_paths() -> BrokerFiles:
     base = Path(settings.DATA_DIR) / "mosquitto"
-    password = os.environ.get("MOSQUITTO_PASSWORD_FILE") or base / "passwd"
-    acl = os.environ.get("MOSQUITTO_ACL_FILE") or base / "acl"
-    return Path(password), Path(acl)
+    return BrokerFiles(
+        password=Path(os.environ.get("MOSQUITTO_PASSWORD_FILE") or base / "passwd"),
+        backend_password=Path(os.environ.get("MOSQUITTO_BACKEND_PASSWORD_FILE") or base / "backend-passwd"),
+        acl=Path(os.environ.get("MOSQUITTO_ACL_FILE") or base / "acl"),
+    )
 
 
-def write_files(password_file: Path | None = None, acl_file: Path | None = None) -> tuple[Path, Path]:
-    """Write both files (atomically). Mosquitto reads them again on SIGHUP (deploy/ reloads it on change)."""
-    default_password, default_acl = default_paths()
-    password_file = password_file or default_password
-    acl_file = acl_file or default_acl
-    _write_atomically(password_file, password_file_text())
-    _write_atomically(acl_file, acl_file_text())
-    return password_file, acl_file
+def write_files(
+    password_file: Path | None = None, acl_file: Path | None = None, backend_password_file: Path | None = None
+) -> BrokerFiles:
+    """Write the three files (atomically). Mosquitto reads them again on SIGHUP (deploy/ reloads it on change).
+
+    The backend's file first: the reload that a change of ``passwd`` or ``acl`` triggers then finds it up to date.
+    """
+    default = default_paths()
+    files = BrokerFiles(
+        password=password_file or default.password,
+        backend_password=backend_password_file or default.backend_password,
+        acl=acl_file or default.acl,
+    )
+    _write_atomically(files.backend_password, backend_password_file_text())
+    _write_atomically(files.password, password_file_text())
+    _write_atomically(files.acl, acl_file_text())
+    return files
 
 
 def credentials_page(request: HttpRequest, admin_site: Any, machines: list[Any]) -> TemplateResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -56,3 +58,56 @@ class BoardCredential(models.Model):
     @property
     def username(self) -> str:
         return f"board-{self.machine_id}"
+
+
+# The root of the bridge's stats topics (stats/<client id>); the boards' root is settings.MQTT["TOPIC"].
+STATS_TOPIC = "stats"
+
+
+def validate_switch_topic(topic: str) -> None:
+    """A topic a board may publish ``on``/``off`` to: one concrete topic, outside Fab-O-Matic's own topics.
+
+    Under ``<TOPIC>/`` a board could speak for another machine, under ``stats/`` for the bridge; ``$`` topics belong
+    to the broker; wildcards would grant more than one topic; the ACL file is made of lines of words.
+    """
+    if any(c in topic for c in "+#") or topic.startswith("$"):
+        raise ValidationError(_("A switch topic is one topic: no + or # wildcards, no leading $."))
+    if any(c.isspace() or not c.isprintable() for c in topic):
+        raise ValidationError(_("A switch topic has no spaces or control characters."))
+    for root in (settings.MQTT["TOPIC"], STATS_TOPIC):
+        # Case-insensitive, as the bridge compares its topic root (protocol.py).
+        if topic.casefold() == root.casefold() or topic.casefold().startswith(f"{root.casefold()}/"):
+            raise ValidationError(_("A switch topic must not be under %(root)s/."), params={"root": root})
+
+
+class SwitchCredential(models.Model):
+    """The Shelly power switch of one machine (board-protocol.md §2.9) and its MQTT account ``switch-<id>``.
+
+    The machine's board publishes ``on``/``off`` to ``topic`` with its own account; the switch logs in with this one
+    and may only read ``topic``. As for BoardCredential, only the hash of the secret is stored.
+    """
+
+    machine = models.OneToOneField(
+        "machines.Machine", on_delete=models.CASCADE, related_name="switch_credential", verbose_name=_("machine")
+    )
+    topic = models.CharField(
+        _("switch topic"),
+        max_length=128,
+        unique=True,  # one switch, one board: no board may switch another machine's power
+        validators=[validate_switch_topic],
+        help_text=_("The board's switch topic, e.g. shellies/shelly1-ABC123/relay/0/command."),
+    )
+    password_hash = models.CharField(_("password hash"), max_length=255)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+
+    class Meta:
+        ordering = ["machine"]
+        verbose_name = _("switch credential")
+        verbose_name_plural = _("switch credentials")
+
+    def __str__(self) -> str:
+        return self.username
+
+    @property
+    def username(self) -> str:
+        return f"switch-{self.machine_id}"
