@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.admin import UserAdmin
 from django.db import transaction
 from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Subquery, Sum
@@ -448,12 +449,39 @@ class CardAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         UnknownCard.objects.filter(uid=obj.uid).delete()
 
+    # A card's entries are written on its member's history too, as the member page's card rows are: the member's
+    # history shows them, and erasing the member finds the UID there (members/gdpr.py) after the card is gone.
+    def _log_on_member(self, request: HttpRequest, card: Card, action: str, fields: list[str] | None = None) -> None:
+        detail: dict[str, Any] = {"name": str(Card._meta.verbose_name), "object": card.uid}
+        if action == "changed":
+            detail["fields"] = fields or []
+        LogEntry.objects.log_actions(
+            request.user.pk, [card.member], CHANGE, change_message=[{action: detail}], single_object=True
+        )
+
+    def log_addition(self, request: HttpRequest, obj: Card, message: Any) -> LogEntry:
+        entry = super().log_addition(request, obj, message)
+        self._log_on_member(request, obj, "added")
+        return entry
+
+    def log_change(self, request: HttpRequest, obj: Card, message: Any) -> LogEntry:
+        entry = super().log_change(request, obj, message)
+        changed = [m["changed"] for m in message if isinstance(m, dict) and "changed" in m] if message else []
+        self._log_on_member(request, obj, "changed", [f for c in changed for f in c.get("fields", [])])
+        return entry
+
+    def log_deletions(self, request: HttpRequest, queryset: Any) -> Any:
+        entries = super().log_deletions(request, queryset)
+        for card in queryset:
+            self._log_on_member(request, card, "deleted")
+        return entries
+
 
 @admin.register(UnknownCard)
 class UnknownCardAdmin(admin.ModelAdmin):
     """Swipes of cards that matched no member; registered from the members page."""
 
-    list_display = ["uid", "machine", "seen_at", "register"]
+    list_display = ["uid", "machine", "seen_at", "count", "first_seen", "register"]
     list_filter = ["machine"]
     list_select_related = ["machine"]
     search_fields = ["uid"]

@@ -7,8 +7,10 @@ from io import StringIO
 
 import pytest
 from axes.models import AccessLog
+from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.core.management import call_command
-from django.test import RequestFactory
+from django.db import connection
+from django.test import Client, RequestFactory
 from django.utils import timezone
 
 from machines.models import Authorization, Intervention, Machine, Use
@@ -125,7 +127,7 @@ def test_the_command_prints_a_one_line_summary(lab: Lab) -> None:
     lines = [line for line in out.getvalue().splitlines() if line.startswith("Purged")]
     assert lines == [
         "Purged: 1 uses and 0 interventions anonymised, 0 unknown cards deleted, 0 members erased, "
-        "0 login records deleted."
+        "0 login records and 0 admin history entries deleted."
     ]
 
 
@@ -183,3 +185,108 @@ def test_erase_member_anonymises_at_once_and_blocks_login(lab: Lab) -> None:
 def test_the_anonymous_member_cannot_be_erased(db: None) -> None:
     with pytest.raises(ValueError):
         erase_member(Member.objects.anonymous())
+
+
+# --- The admin's history ----------------------------------------------------------------------------------
+
+ZOE = {"first_name": "Zoe", "last_name": "Privacysön", "email": "zoe.p@lab.test"}
+TRACES = ["privacysön", "privacys\\u00f6n", "zoe.p@lab.test", "c0ffee42", "c0ffee43"]
+
+
+def traces_in_database() -> list[str]:
+    """Every table, every column: where any of the member's identifiers is still written."""
+    found = []
+    with connection.cursor() as cursor:
+        for table in connection.introspection.table_names():
+            cursor.execute(f'SELECT * FROM "{table}"')  # noqa: S608 - names from the database itself
+            for row in cursor.fetchall():
+                text = " ".join(str(cell) for cell in row).lower()
+                found += [f"{table}: {t}" for t in TRACES if t in text]
+    return found
+
+
+def _inline_data(page: str) -> dict[str, str]:
+    import re
+
+    data = {}
+    for prefix in re.findall(r'name="([\w-]+)-TOTAL_FORMS"', page):
+        data.update({f"{prefix}-TOTAL_FORMS": "1", f"{prefix}-INITIAL_FORMS": "0", f"{prefix}-MIN_NUM_FORMS": "0"})
+        data[f"{prefix}-MAX_NUM_FORMS"] = "1000"
+    return data
+
+
+def test_erasure_leaves_no_trace_in_the_admin_history(lab: Lab, admin_client: Client) -> None:
+    """Through the real admin: add a member with a card and an authorization, add and delete another card, record
+    a use; a view-only staff member reads the history; the member is deleted (erased) in the portal."""
+    page = admin_client.get("/admin/members/member/add/").content.decode()
+    data = {**ZOE, "role": str(lab.normal.role_id), **_inline_data(page)}
+    prefixes = sorted(k[: -len("-TOTAL_FORMS")] for k in data if k.endswith("-TOTAL_FORMS"))
+    card_prefix = next(p for p in prefixes if "card" in p)
+    auth_prefix = next(p for p in prefixes if "authorization" in p)
+    data.update({f"{card_prefix}-0-uid": "C0:FF:EE:42", f"{card_prefix}-0-active": "on"})
+    data.update({f"{auth_prefix}-0-machine": str(lab.laser.pk)})
+    added = admin_client.post("/admin/members/member/add/", data)
+    assert added.status_code == 302, added.content.decode()[:3000]
+    zoe = Member.objects.get(email=ZOE["email"])
+    assert zoe.cards.get().uid == "c0ffee42" and zoe.authorizations.count() == 1
+    new_card = {"uid": "c0ffee43", "member": zoe.pk, "active": "on", "created_at_0": "2026-01-02"}
+    card = admin_client.post("/admin/members/card/add/", {**new_card, "created_at_1": "10:00:00"})
+    assert card.status_code == 302, card.context["adminform"].form.errors
+    extra = Card.objects.get(uid="c0ffee43")
+    assert admin_client.post(f"/admin/members/card/{extra.pk}/delete/", {"post": "yes"}).status_code == 302
+    use = make_use(lab, zoe, NEW)
+    admin = Member.objects.get(is_superuser=True, email__isnull=False)
+    LogEntry.objects.log_actions(admin.pk, [use], ADDITION, change_message=[{"added": {}}])
+    LogEntry.objects.log_actions(admin.pk, [use], CHANGE, change_message=[{"changed": {"fields": ["ended_at"]}}])
+    viewer = Member.objects.create_user(
+        email="viewer@lab.test", password="x-pass-123456", first_name="View", role=lab.normal.role, is_staff=True
+    )
+    viewer_client = Client()
+    viewer_client.force_login(viewer)
+    history = f"/admin/members/member/{zoe.pk}/history/"
+    before = viewer_client.get(history).content.decode().lower()
+    assert "c0ffee42" in before and "c0ffee43" in before and "privacys" in before  # what the issue saw
+    assert {t.split(": ")[1] for t in traces_in_database()} >= {"c0ffee42", "c0ffee43", "zoe.p@lab.test"}
+
+    deleted = admin_client.post(f"/admin/members/member/{zoe.pk}/delete/", {"post": "yes"})
+
+    assert deleted.status_code == 302
+    assert traces_in_database() == []
+    after = viewer_client.get(history)
+    assert after.status_code == 200
+    assert not [t for t in TRACES if t in after.content.decode().lower()]
+    # The entries themselves stay: who did what and when is the lab's own history.
+    assert LogEntry.objects.filter(object_id=str(zoe.pk)).count() >= 2
+    assert LogEntry.objects.filter(object_repr=ERASED_NAME).exists()
+
+
+def test_purge_erases_a_member_from_the_admin_history_too(lab: Lab, admin_client: Client) -> None:
+    zoe = Member.objects.create_user(**ZOE, role=lab.normal.role)
+    card = Card.objects.create(uid="c0ffee42", member=zoe)
+    admin = Member.objects.get(is_superuser=True, email__isnull=False)
+    LogEntry.objects.log_actions(admin.pk, [card], ADDITION, change_message=[{"added": {}}])
+    LogEntry.objects.log_actions(
+        admin.pk, [zoe], CHANGE, change_message=[{"added": {"name": "card", "object": "c0ffee42"}}]
+    )
+    zoe.deleted_at = timezone.now() - OLD
+    zoe.save()
+
+    assert purge().members == 1
+    assert traces_in_database() == []
+
+
+def test_purge_deletes_admin_history_older_than_the_retention(lab: Lab, admin_client: Client) -> None:
+    admin = Member.objects.get(is_superuser=True, email__isnull=False)
+    old_use, new_use = make_use(lab, lab.normal, OLD), make_use(lab, lab.normal, NEW)
+    for use in (old_use, new_use):
+        LogEntry.objects.log_actions(admin.pk, [use], CHANGE, change_message=[{"changed": {"fields": ["ended_at"]}}])
+    LogEntry.objects.filter(object_id=str(new_use.pk)).update(action_time=timezone.now() - OLD)  # an old edit
+    assert LogEntry.objects.filter(object_repr__startswith="Nina Test on").count() == 2
+
+    result = purge()
+
+    # The old edit goes; the recent edit of a use now past the retention stays, without the name.
+    assert result.admin_history == 1
+    [kept] = LogEntry.objects.filter(content_type__model="use")
+    assert kept.object_id == str(old_use.pk) and kept.object_repr.startswith("Anonymous on LASER 1")
+    assert purge().admin_history == 0
