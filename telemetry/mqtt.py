@@ -1,17 +1,21 @@
 """The MQTT side of the board bridge: the paho client factory and the bridge runtime.
 
 Threads:
-- paho's network thread reads and writes the socket; ``on_message`` only parses nothing, counts and enqueues, so the
+- paho's network thread reads and writes the socket; ``on_message`` validates the message (a payload that is not a
+  board's is dropped at once, never queued), drops retained deliveries, and queues the request per machine, so the
   socket is never blocked by the database (keep-alives and other boards' traffic keep flowing);
-- one worker thread takes messages in arrival order, does the database work (``telemetry.ingest``), publishes the
-  reply, then hands the dashboard update to the live thread. Orphan housekeeping runs on the same worker, and so
-  does the batched write of the read-only requests' heartbeat stamps (``ingest.flush_heartbeats``, every 0.5 s);
+- ``BRIDGE_WORKERS`` worker threads take the machines' queues in turn (:class:`Dispatcher`): one machine's requests in
+  arrival order, machines in parallel, so a locked row or a slow write holds up only that machine. A worker does the
+  database work (``telemetry.ingest``), publishes the reply, and hands the dashboard update to the live thread;
+  orphan housekeeping runs on a worker too;
+- the watchdog (:class:`Watchdog`) answers ``request_ok: false`` to every request still undecided
+  ``BRIDGE_REPLY_DEADLINE`` seconds after it arrived: the board is never left in silence. A :class:`Job` is answered
+  exactly once, by whichever of the two claims it first; a state change finished after the deadline is still
+  recorded (the board does not replay an answered request), a query past it is not run;
+- one thread writes the read-only requests' heartbeat stamps every 0.5 s (``ingest.flush_heartbeats``);
 - one live thread broadcasts dashboard tiles and heartbeats (``machines.live``), coalesced per machine, in batches;
-- the caller's thread (``mqtt_listen``) publishes stats every 5 s and schedules the housekeeping.
-
-A request that waited longer than ``STALE_SECONDS`` in the queue is past the board's 2 s timeout: its reply would be
-taken as the answer to the board's *next* request (no correlation, §2.0), so it gets none. A state change in it is
-still recorded (the board replays it, and replays are idempotent); a stale query is skipped.
+- the caller's thread (``mqtt_listen``) publishes stats every 5 s, schedules the housekeeping and adds a spare worker
+  when workers are stuck on a database that stopped answering.
 
 Stats, published every 5 s on ``stats/<client id>`` (retained, QoS 0; a final one with ``"Connected": false`` on a
 clean shutdown). The first five keys are the old backend's::
@@ -22,9 +26,13 @@ clean shutdown). The first five keys are the old backend's::
      "Received": 1234,                  # messages received on <TOPIC>/+ since start
      "Sent": 1100,                      # replies published since start
      "Dropped": 3,                      # malformed messages dropped without a reply (S24)
-     "Late": 0,                         # requests not answered because they waited > STALE_SECONDS
+     "Retained": 0,                     # retained deliveries ignored (boards never publish retained)
+     "Late": 0,                         # requests answered request_ok false by the watchdog at the deadline
      "Errors": 0,                       # replies with request_ok false because the database was unavailable
-     "Queue": 0,                        # messages waiting for the worker now
+     "Copies": 0,                       # replayed or duplicated stopuse recognised as a copy (nothing recorded)
+     "Flagged": 0,                      # implausible durations recorded on a flagged use (not counted)
+     "Queue": 0,                        # requests waiting for a worker now
+     "Workers": 4,                      # worker threads alive
      "Started": "2026-06-20T10:00:00+00:00",  # when this bridge started (ISO 8601)
      "Time": "2026-06-20T10:05:00+00:00",     # when this stats message was built: older than ~15 s = stale
      "Client id": "fabomatic-fabpi-123",
