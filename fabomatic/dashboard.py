@@ -84,6 +84,8 @@ def dashboard_context(now: datetime | None = None) -> dict:
         "tiles_data": tiles,
         "counters": [{"state": state, "label": labels[state], "count": counts[state]} for state in STATES],
         "machine_count": len(tiles),
+        # Uses recorded with an implausible duration, waiting for staff (a count on a partial index).
+        "flagged_uses": Use.objects.exclude(flag=Use.Flag.NONE).count(),
         "now": now,
         "online_seconds": settings.ONLINE_SECONDS,
         # Texts the script needs, in the page's language.

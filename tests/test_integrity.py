@@ -424,3 +424,23 @@ def test_any_sequence_of_board_and_staff_actions_leaves_counters_equal_to_a_reco
         elif action == "accept" and (flagged := list(Use.objects.exclude(flag="").filter(ended_at__isnull=False))):
             services.accept_flagged(flagged[value % len(flagged)], reported=bool(value % 2))
         assert_consistent(lab.laser)
+
+
+def test_the_dashboard_tells_staff_about_uses_to_review(lab: Lab, admin_client) -> None:
+    assert "implausible duration" not in admin_client.get("/admin/").content.decode()
+    now = timezone.now()
+    Use.objects.create(
+        member=lab.normal,
+        machine=lab.laser,
+        started_at=now,
+        ended_at=now,
+        last_seen=now,
+        duration=0,
+        flag=Use.Flag.BEYOND_LOGOFF,
+        reported_duration=10**9,
+        plausible_max=86_520,
+    )
+    page = admin_client.get("/admin/").content.decode()
+    assert "1 use has an implausible duration" in page and "?open=flagged" in page
+    listing = admin_client.get("/admin/machines/use/?open=flagged").content.decode()
+    assert "Longer than the auto-logoff" in listing or "longer than the auto-logoff" in listing
