@@ -28,3 +28,25 @@ def check_public_address(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
             )
         )
     return warnings
+
+
+@register(Tags.security, deploy=True)
+def check_mail(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    backend = settings.EMAIL_BACKEND
+    if backend == "django.core.mail.backends.console.EmailBackend" and not settings.DEBUG:
+        return [
+            Warning(
+                "E-mail goes to the console: password-reset links (valid tokens) are written into the log.",
+                hint="Set EMAIL_URL to your SMTP server, e.g. smtp+tls://user:password@smtp.example.org:587.",
+                id="fabomatic.W003",
+            )
+        ]
+    if backend == "fabomatic.mail.UnsentMailBackend":
+        return [
+            Warning(
+                "EMAIL_URL is not set: password-reset and weekly summary e-mails are not sent.",
+                hint="Set EMAIL_URL to your SMTP server, e.g. smtp+tls://user:password@smtp.example.org:587.",
+                id="fabomatic.W003",
+            )
+        ]
+    return []

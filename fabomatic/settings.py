@@ -36,7 +36,7 @@ env = environ.FileAwareEnv(
     MQTT_SHARED_SUBSCRIPTION=(bool, False),
     MQTT_TLS_CA=(str, ""),
     REDIS_URL=(str, ""),
-    EMAIL_URL=(str, "consolemail://"),
+    EMAIL_URL=(str, ""),
     DEFAULT_FROM_EMAIL=(str, "fabomatic@localhost"),
     DEFAULT_ADMIN_EMAIL=(str, "admin@fablab.local"),
     ONLINE_SECONDS=(int, 90),
@@ -86,6 +86,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
@@ -244,7 +245,14 @@ RETENTION_DAYS = env("RETENTION_DAYS")
 UNKNOWN_CARD_RETENTION_DAYS = env("UNKNOWN_CARD_RETENTION_DAYS")
 
 # --- Mail -----------------------------------------------------------------------------------
-vars().update(env.email_url("EMAIL_URL"))
+if env("EMAIL_URL"):
+    vars().update(env.email_url("EMAIL_URL"))
+elif DEBUG:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+else:
+    # Never the console in production: it wrote password-reset links (valid tokens) into the journal. Nothing is
+    # sent, a warning is logged without the body, and check --deploy warns (fabomatic.W003).
+    EMAIL_BACKEND = "fabomatic.mail.UnsentMailBackend"
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 DEFAULT_ADMIN_EMAIL = env("DEFAULT_ADMIN_EMAIL")
@@ -275,6 +283,30 @@ if not DEBUG and env("SECURE_SSL"):
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Content-Security-Policy (django-csp): scripts, styles, fonts and connections from the portal itself only; no inline
+# script anywhere (the admin has none; the portal's behaviour is in fabomatic/static). 'self' covers the dashboard's
+# websocket to the same host and port. The hashes allow, by their exact text, the only inline attributes left, all
+# in django-import-export's export page: its "select all" handler "onSelectToggleChange(event)" and two style
+# attributes, "padding: 0;" and "font-weight: bold;" (tests/test_portal_hardening.py visits that page).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", "'unsafe-hashes'", "'sha256-wid4zL8fR53ZYy1ljOepzR77Dn6vWUUxuNnnWWBP3I8='"],
+        "style-src": [
+            "'self'",
+            "'unsafe-hashes'",
+            "'sha256-mHgUAqxc8GPXM/QhzkHrHujcrQTU9fd6ZjWz+icxKcA='",
+            "'sha256-+YWRMZ88jMyO7jVlBA52tZADiPobPIUA8LAWee68Fvs='",
+        ],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 # --- Logging --------------------------------------------------------------------------------
 # Besides the console (journald), each long-running process keeps a small rotating file in LOG_DIR, one per
@@ -288,7 +320,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # A refused request (403 and other 4xx) is one line, not a 2.5 KB traceback (fabomatic/logfilters.py).
+    "filters": {"one_line_client_errors": {"()": "fabomatic.logfilters.OneLineClientErrors"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["one_line_client_errors"]}
+    },
     "root": {"handlers": _log_handlers, "level": "WARNING"},
     "loggers": {
         app: {"handlers": _log_handlers, "level": env("LOG_LEVEL"), "propagate": False}
@@ -301,6 +337,7 @@ if LOG_DIR and "pytest" not in sys.modules and _process not in ("test", "shell",
         "class": "logging.handlers.RotatingFileHandler",
         "formatter": "plain",
         "filename": str(Path(LOG_DIR) / f"{_process}.log"),
+        "filters": ["one_line_client_errors"],
         "maxBytes": 1_000_000,
         "backupCount": 1,
         "encoding": "utf-8",

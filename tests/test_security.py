@@ -166,6 +166,17 @@ def test_check_deploy_warns_about_any_host_and_a_missing_public_url(tmp_path: Pa
     assert "fabomatic.W001" in result.stderr and "fabomatic.W002" in result.stderr
 
 
+@pytest.mark.parametrize("email_url", ["consolemail://", None])
+def test_check_deploy_warns_when_mail_would_go_to_the_log_or_nowhere(tmp_path: Path, email_url: str | None) -> None:
+    env = production_env(tmp_path)
+    if email_url:
+        env["EMAIL_URL"] = email_url
+    else:
+        del env["EMAIL_URL"]
+    result = check_deploy(env)
+    assert result.returncode != 0 and "fabomatic.W003" in result.stderr
+
+
 def settings_value(env_file: Path, name: str) -> object:
     env = {**os.environ, "FABOMATIC_ENV_FILE": str(env_file)}
     for var in ("ALLOWED_HOSTS", "PUBLIC_URL", "SECRET_KEY"):
