@@ -14,7 +14,7 @@ if [ ! -e .env ]; then
   key=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(50))')
   pw=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))')
   sed -e "s|^SECRET_KEY=.*|SECRET_KEY=$key|" -e "s|^DEBUG=.*|DEBUG=0|" \
-      -e "s|^MQTT_BROKER_URL=.*|MQTT_BROKER_URL=mqtt://fabomatic-backend:$pw@127.0.0.1:1883|" \
+      -e "s|^MQTT_BROKER_URL=.*|MQTT_BROKER_URL=mqtt://fabomatic-backend:$pw@127.0.0.1:1884|" \
       -e "s|^REDIS_URL=.*|REDIS_URL=redis://127.0.0.1:6379/0|" .env.example > .env
   chown root:fabomatic .env
   chmod 640 .env
