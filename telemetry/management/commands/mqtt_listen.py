@@ -22,7 +22,11 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--client-id", default="", help="MQTT client id (default: MQTT_CLIENT_ID, else fabomatic-<host>-<pid>-<random>).")
+        parser.add_argument(
+            "--client-id",
+            default="",
+            help="MQTT client id (default: MQTT_CLIENT_ID, else fabomatic-<host>-<pid>-<random>).",
+        )
         parser.add_argument(
             "--housekeeping", type=float, default=60.0, help="Seconds between orphan checks (default 60)."
         )
