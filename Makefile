@@ -28,7 +28,7 @@ format:
 
 bench:
 	scripts/setup.sh test
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 messages:
 	$(PY) manage.py makemessages -l it -l en --ignore=.venv --ignore=var --ignore=tests --ignore=bench

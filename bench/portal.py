@@ -43,6 +43,7 @@ from django.utils import timezone
 from machines.models import Machine, MachineType, MaintenancePlan, Use
 from members.models import Card, Member, Role
 from telemetry.models import Board
+from bench.common import static_defaults
 
 n_uses, n_machines, n_members = int(sys.argv[1]), int(sys.argv[2]), 1000
 rng = random.Random(42)
@@ -80,8 +81,10 @@ with transaction.atomic():
     Member.objects.create_superuser(email=sys.argv[4], password="bench-password", first_name="Bench")
 
     table = Use._meta.db_table
-    cols = "member_id, machine_id, started_at, ended_at, last_seen, duration, replay"
-    sql = f"INSERT INTO {table} ({cols}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    cols = ["member_id", "machine_id", "started_at", "ended_at", "last_seen", "duration", "replay"]
+    extra = static_defaults(Use, cols)  # NOT NULL columns whose default Django keeps in Python
+    sql = f"INSERT INTO {table} ({', '.join(cols + list(extra))}) VALUES ({', '.join('?' * (len(cols) + len(extra)))})"
+    more = tuple(extra.values())
     start = now - timedelta(days=3 * 365)
     step = (int((now - start).total_seconds()) - 86400) / max(1, n_uses)
     member_ids = [m.pk for m in members[1:]]
@@ -92,7 +95,8 @@ with transaction.atomic():
             duration = rng.randrange(60, 4 * 3600)
             ended = began + timedelta(seconds=duration)
             b, e = began.strftime("%Y-%m-%d %H:%M:%S.%f"), ended.strftime("%Y-%m-%d %H:%M:%S.%f")
-            batch.append((rng.choice(member_ids), rng.randrange(1, n_machines + 1), b, e, e, duration, i % 50 == 0))
+            batch.append((rng.choice(member_ids), rng.randrange(1, n_machines + 1), b, e, e, duration, i % 50 == 0)
+                         + more)
             if len(batch) == 50_000:
                 cursor.executemany(sql, batch)
                 batch = []
@@ -331,10 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--machines", type=int, default=100)
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--sockets", type=int, default=500)
+    parser.add_argument("--quick", action="store_true", help="100,000 uses, 50 events, 100 sockets, no comparison")
     parser.add_argument(
         "--no-compare", dest="compare", action="store_false", help="skip the run with the classic RedisChannelLayer"
     )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.uses, args.events, args.sockets, args.compare = 100_000, 50, 100, False
 
     ok = True
     with tempfile.TemporaryDirectory(prefix="bench-portal-") as data_dir:
