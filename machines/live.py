@@ -40,7 +40,7 @@ class Tile(TypedDict):
 
 
 def tile_state(*, in_use: bool, blocked: bool, maintenance: bool, online: bool) -> State:
-    """One state per machine, in the old dashboard's precedence (reference §3.8)."""
+    """One state per machine, in the old dashboard's precedence: in use, blocked, maintenance, offline, free."""
     if in_use:
         return "in_use"
     if blocked:

@@ -37,7 +37,7 @@ SLACK_S = 60
 
 
 class Level(enum.IntEnum):
-    """User levels on the board's own scale (board-protocol §1.4)."""
+    """User levels on the board's own scale (docs/protocol.md §1.4)."""
 
     INVALID = 0
     NORMAL = 1
@@ -64,7 +64,7 @@ def board_level(member: Member) -> Level:
 
 
 def check_access(member: Member, machine: Machine, *, authorized: bool | None = None) -> AccessDecision:
-    """May this member use this machine? The order of the old backend (reference §3.1).
+    """May this member use this machine? The order of the old backend (docs/protocol.md §2.2).
 
     ``authorized``: whether an Authorization row exists, when the caller already read it (the bridge's one query).
     """

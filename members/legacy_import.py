@@ -787,7 +787,7 @@ class _Importer:
         since = (
             "COALESCE((SELECT suffix FROM fab_closed c WHERE c.machine_id = {m} AND c.s > {t} ORDER BY c.s LIMIT 1), 0)"
         )
-        # The old rule (reference §3.5): closed uses started after the latest intervention on this item (or 0).
+        # The old rule (docs/protocol.md §8.9): closed uses started after the latest intervention on this item (or 0).
         latest = (
             "COALESCE((SELECT MAX(i.timestamp) FROM interventions i "
             "WHERE i.maintenance_id = p.maintenance_id AND i.machine_id = p.machine_id), 0)"

@@ -2,7 +2,7 @@
 
 Each machine's board logs in as ``board-<id>`` and may publish only to ``<topic>/<id>`` (and to its machine's
 switch topic, if one is declared) and read only ``<topic>/<id>/reply`` and ``<topic>/<id>/request``. A machine's
-Shelly power switch (board-protocol.md §2.9) logs in as ``switch-<id>`` and may only read its switch topic. The
+Shelly power switch (docs/protocol.md §2.9) logs in as ``switch-<id>`` and may only read its switch topic. The
 bridge logs in with the account of ``MQTT_BROKER_URL`` and may read and write everything under ``<topic>/#`` and
 ``stats/#``.
 

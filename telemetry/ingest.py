@@ -9,7 +9,7 @@ tells whether the machine exists and, on PostgreSQL, locks its row so two bridge
 action's work, then commit. Only after the commit does the caller publish the reply and broadcast to the live
 dashboard.
 
-Use lifecycle (board-protocol §7; idempotent under the board's replays and duplicates, see the README's bridge
+Use lifecycle (docs/protocol.md §7; idempotent under the board's replays and duplicates, see the README's bridge
 section for the sequences):
 
 - ``startuse`` with the same member's use already open is the same session (a duplicate or replay, S15): nothing new.

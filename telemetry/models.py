@@ -81,7 +81,7 @@ def validate_switch_topic(topic: str) -> None:
 
 
 class SwitchCredential(models.Model):
-    """The Shelly power switch of one machine (board-protocol.md §2.9) and its MQTT account ``switch-<id>``.
+    """The Shelly power switch of one machine (docs/protocol.md §2.9) and its MQTT account ``switch-<id>``.
 
     The machine's board publishes ``on``/``off`` to ``topic`` with its own account; the switch logs in with this one
     and may only read ``topic``. As for BoardCredential, only the hash of the secret is stored.

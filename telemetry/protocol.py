@@ -1,4 +1,4 @@
-"""The board's MQTT protocol (shared/reference/board-protocol.md): payloads in, replies out.
+"""The board's MQTT protocol (docs/protocol.md): payloads in, replies out.
 
 Parsing turns the raw topic and payload into one typed request, or raises :class:`Malformed` with the reason; the
 bridge logs that reason and sends no reply (S24). Reply builders produce exactly the field names and JSON types the

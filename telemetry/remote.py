@@ -1,4 +1,4 @@
-"""Remote start and stop from the portal (board-protocol §4): ``{"request_type", "uid"}`` on ``<TOPIC>/<id>/request``.
+"""Remote start and stop from the portal (docs/protocol.md §4): ``{"request_type", "uid"}`` on ``<TOPIC>/<id>/request``.
 
 The board then behaves as if the card had been swiped (start: ``checkuser`` + ``startuse``; stop: ``stopuse`` for
 whoever is logged in), so the usual bridge handling records the use. There is no acknowledgement on MQTT.

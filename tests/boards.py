@@ -11,7 +11,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-REPLY_TIMEOUT = 2.0  # the board's own timeout (board-protocol §3.2)
+REPLY_TIMEOUT = 2.0  # the board's own timeout (docs/protocol.md §3.2)
 _ids = itertools.count(1)
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the acceptance-harness lab of board-protocol.md §7, and real servers on free ports."""
+"""Shared fixtures: the acceptance-harness lab of docs/protocol.md §7, and real servers on free ports."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The board bridge end to end: simulated boards (real paho clients) → real Mosquitto → the real bridge → the DB.
 
-One test per scenario of board-protocol.md §7 that concerns the backend (S1–S24).
+One test per scenario of docs/protocol.md §7 that concerns the backend (S1–S24).
 """
 
 from __future__ import annotations

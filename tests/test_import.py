@@ -295,7 +295,7 @@ def test_it_keeps_open_uses_open_but_only_the_newest_per_machine(bootstrapped, t
 
 
 def old_rule(path: Path) -> dict[int, tuple[int, float, bool, str]]:
-    """The old backend's maintenance rule (reference §3.5), computed row by row from the old file."""
+    """The old backend's maintenance rule (docs/protocol.md §8.9), computed row by row from the old file."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     uses = con.execute("SELECT machine_id, start_timestamp, end_timestamp FROM uses").fetchall()
     interventions = con.execute("SELECT maintenance_id, machine_id, timestamp FROM interventions").fetchall()

@@ -396,7 +396,7 @@ def test_a_100_mb_publish_is_refused_at_its_header_without_costing_memory(
     assert backend.next_message() == ("machine/1", b'{"action":"checkmachine"}')  # nothing came before it
 
 
-# --- Shelly power switches (board-protocol.md §2.9) -------------------------------------------------
+# --- Shelly power switches (docs/protocol.md §2.9) -------------------------------------------------
 
 
 def test_a_board_switches_its_machines_shelly(secure_broker: SecureBroker, clients: list[Client]) -> None:

@@ -1,4 +1,4 @@
-"""The board protocol parser and reply builders (board-protocol §2, M7, M8, M10, S24)."""
+"""The board protocol parser and reply builders (docs/protocol.md §2, M7, M8, M10, S24)."""
 
 from __future__ import annotations
 

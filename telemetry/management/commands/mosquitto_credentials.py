@@ -39,7 +39,7 @@ class Command(BaseCommand):
             default=[],
             metavar=("MACHINE_ID", "TOPIC"),
             help="Declare (or move) the Shelly power switch of a machine: the topic its board publishes on/off to "
-            "(board-protocol.md §2.9). A new switch gets the account switch-<id>.",
+            "(docs/protocol.md §2.9). A new switch gets the account switch-<id>.",
         )
         parser.add_argument("--remove-switch", type=int, nargs="+", metavar="MACHINE_ID", default=[])
         parser.add_argument(
