@@ -38,8 +38,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -450,51 +452,75 @@ def heartbeats_pending() -> bool:
 
 
 def flush_heartbeats() -> None:
-    """Write the stamps of the fast path: a few executemany UPDATEs, each in its own short transaction.
+    """Write the stamps of the fast path: one executemany UPDATE per kind, rows in id order, a stamp never moving
+    back. Stamps that could not be written are kept for the next flush.
 
-    Rows are updated in id order (no deadlock between two bridges' flushes) and a stamp never moves back. If the
-    database is unavailable the stamps are kept for the next flush.
+    On PostgreSQL each row is its own autocommitted statement: a row locked by one machine's request delays that
+    row's stamp only, and the flush never holds one machine's row while it waits for another's (it would make
+    other machines' writes time out). On SQLite one transaction: the database has a single writer anyway.
     """
     seen, live, uses, boards = stamps.take()
-    if not (seen or uses or boards):
+    if not (seen or live or uses or boards):
         return
     adapt = connection.ops.adapt_datetimefield_value
+
+    def stamp(pk: int, at: datetime) -> tuple:  # the row of the three timestamp UPDATEs
+        return (adapt(at), pk, adapt(at))
+
+    left = (
+        _write_stamps(
+            f"UPDATE {_M} SET last_seen = %s WHERE id = %s AND (last_seen IS NULL OR last_seen < %s)", seen, stamp
+        ),
+        _write_stamps(
+            f"UPDATE {_M} SET heard_live_at = %s WHERE id = %s AND (heard_live_at IS NULL OR heard_live_at < %s)",
+            live,
+            stamp,
+        ),
+        _write_stamps(
+            f"UPDATE {_U} SET last_seen = %s WHERE id = %s AND ended_at IS NULL AND last_seen < %s", uses, stamp
+        ),
+        _write_stamps(
+            f"UPDATE {_B} SET serial = %s, ip_address = %s, free_heap = %s, last_seen = %s WHERE machine_id = %s",
+            boards,
+            lambda pk, board: (board[0], board[1], board[2], adapt(board[3]), pk),
+        ),
+    )
+    if any(left):
+        stamps.give_back(*left)
+
+
+def _write_stamps(sql: str, items: dict, row: Callable[[Any, Any], tuple]) -> dict:
+    """Write ``items`` with ``sql``; returns those not written."""
+    if not items:
+        return {}
+    ordered = sorted(items.items())
     try:
-        with connection.cursor() as cursor:
-            if seen:
-                rows = [(adapt(at), pk, adapt(at)) for pk, at in sorted(seen.items())]
-                with transaction.atomic():
-                    cursor.executemany(
-                        f"UPDATE {_M} SET last_seen = %s WHERE id = %s AND (last_seen IS NULL OR last_seen < %s)",
-                        rows,
-                    )
-                    if live:
-                        cursor.executemany(
-                            f"UPDATE {_M} SET heard_live_at = %s"
-                            " WHERE id = %s AND (heard_live_at IS NULL OR heard_live_at < %s)",
-                            [(adapt(at), pk, adapt(at)) for pk, at in sorted(live.items())],
-                        )
-                seen, live = {}, {}
-            if uses:
-                rows = [(adapt(at), pk, adapt(at)) for pk, at in sorted(uses.items())]
-                with transaction.atomic():
-                    cursor.executemany(
-                        f"UPDATE {_U} SET last_seen = %s WHERE id = %s AND ended_at IS NULL AND last_seen < %s", rows
-                    )
-                uses = {}
-            if boards:
-                rows = [(s, ip, heap, adapt(at), pk) for pk, (s, ip, heap, at) in sorted(boards.items())]
-                with transaction.atomic():
-                    cursor.executemany(
-                        f"UPDATE {_B} SET serial = %s, ip_address = %s, free_heap = %s, last_seen = %s"
-                        " WHERE machine_id = %s",
-                        rows,
-                    )
-                boards = {}
-    except Exception as exc:
-        logger.warning("heartbeats not written yet (%s)", exc)
-        _drop_broken_connection()
-        stamps.give_back(seen, live, uses, boards)
+        if connection.vendor == "postgresql" and connection.get_autocommit():
+            with connection.cursor() as cursor:
+                cursor.executemany(sql, [row(key, value) for key, value in ordered])
+        else:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.executemany(sql, [row(key, value) for key, value in ordered])
+        return {}
+    except (OperationalError, InterfaceError) as exc:
+        if connection.vendor != "postgresql" or not connection.is_usable():
+            logger.warning("heartbeats not written yet (%s)", exc)
+            _drop_broken_connection()
+            return items
+    except DatabaseError as exc:
+        logger.warning("heartbeats refused by the database (%s)", exc)
+        return {}
+    # PostgreSQL: one row was locked (or timed out) and the batch stopped there: row by row, keep what failed.
+    left = {}
+    for key, value in ordered:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, row(key, value))
+        except DatabaseError:
+            left[key] = value
+    if left:
+        logger.info("%d heartbeat stamp(s) on locked rows kept for the next flush", len(left))
+    return left
 
 
 # --- Handlers ------------------------------------------------------------------------------

@@ -71,9 +71,11 @@ HOUSEKEEPING_EVERY = 60.0
 SHARE_GROUP = "fabomatic-bridge"
 # SQLite: give up on a locked database before the board's 2 s timeout and answer request_ok false instead.
 SQLITE_BUSY_MS = 1200
+LATE_WRITE_WAIT_MS = 100
 # PostgreSQL, per bridge connection: a row lock or a statement that takes longer fails (request_ok false) instead of
 # holding a worker; a server that accepts TCP but never answers fails the connection after CONNECT_TIMEOUT_S.
 PG_LOCK_TIMEOUT_MS = 1000
+PG_STAMP_LOCK_TIMEOUT_MS = 100
 PG_STATEMENT_TIMEOUT_MS = 1500
 PG_IDLE_IN_TRANSACTION_MS = 10_000
 CONNECT_TIMEOUT_S = 2  # libpq's minimum
@@ -141,13 +143,35 @@ def _limit_database_waits(sender: Any, connection: Any, **kwargs: Any) -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+            _waits.ms = SQLITE_BUSY_MS
             # The bridge reads a few index pages per request: a small page cache keeps it under 80 MB RSS.
             cursor.execute("PRAGMA cache_size = -4000")
         elif connection.vendor == "postgresql":
+            # The stamps thread gives up on a locked row at once: the stamp waits for its next flush.
+            lock_ms = (
+                PG_STAMP_LOCK_TIMEOUT_MS if threading.current_thread().name == "bridge-stamps" else PG_LOCK_TIMEOUT_MS
+            )
             cursor.execute(
-                f"SET lock_timeout = {PG_LOCK_TIMEOUT_MS}; SET statement_timeout = {PG_STATEMENT_TIMEOUT_MS};"
+                f"SET lock_timeout = {lock_ms}; SET statement_timeout = {PG_STATEMENT_TIMEOUT_MS};"
                 f" SET idle_in_transaction_session_timeout = {PG_IDLE_IN_TRANSACTION_MS}"
             )
+
+
+_waits = threading.local()
+
+
+def _sqlite_wait_until(deadline: float) -> None:
+    """On SQLite, a request waits for the write lock only until its deadline (at least LATE_WRITE_WAIT_MS when it
+    is already past it: the watchdog answered, one short try is made to record it). A worker is never held by a
+    write nobody waits for, so the queries behind it are still answered from the database."""
+    if connections["default"].vendor != "sqlite":
+        return
+    wait_ms = max(LATE_WRITE_WAIT_MS, min(SQLITE_BUSY_MS, int((deadline - time.monotonic()) * 1000)))
+    wait_ms -= wait_ms % 50  # fewer PRAGMA calls: the wait changes in 50 ms steps
+    if getattr(_waits, "ms", None) != wait_ms:
+        with connections["default"].cursor() as cursor:
+            cursor.execute(f"PRAGMA busy_timeout = {wait_ms}")
+        _waits.ms = wait_ms
 
 
 def _persistent_connection() -> None:
@@ -551,11 +575,14 @@ class Bridge:
         if job.claimed and isinstance(request, READ_ONLY):
             return  # answered "cannot decide" at the deadline; a query changes nothing, so it is not run late
         close_old_connections()
+        _sqlite_wait_until(job.deadline)
         outcome = ingest.process(job.machine_id, request)
         if outcome.reply is not None:
             if job.claim():
                 self.client.publish(reply_topic(job.machine_id, self.conf), p.encode(outcome.reply), qos=0)
                 self.count("Sent")
+            elif outcome.failed:
+                logger.warning("machine %s %s: not recorded, database unavailable", job.machine_id, request.action)
             else:
                 logger.warning("machine %s %s: recorded after its deadline", job.machine_id, request.action)
         if outcome.failed:

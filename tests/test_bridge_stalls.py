@@ -223,20 +223,13 @@ def postgres() -> Iterator[pgserver.Cluster]:
 
 
 HOLD = 8.0  # seconds the boards work while the row is locked (it is released once they are done)
-FLUSH_HOLDS_ROWS = (
-    "bridge bug: the heartbeat flush (ingest.flush_heartbeats, bridge-stamps thread) updates every machine's"
-    " last_seen in ONE transaction in id order, so while it waits (lock_timeout, up to statement_timeout) for the"
-    " locked row it holds the rows of every lower-id machine it already updated, and it retries every 0.5 s: those"
-    " machines' writes (_touch's UPDATE of their own row) wait behind it and fail with a lock timeout, so machines"
-    " that have nothing to do with the lock get request_ok false"
-)
 
 
 @pytest.mark.parametrize(
     "locked",
     [
         pytest.param(1, id="lowest-id"),
-        pytest.param(6, id="highest-id", marks=pytest.mark.xfail(reason=FLUSH_HOLDS_ROWS, strict=False)),
+        pytest.param(6, id="highest-id"),  # the stamp flush once held lower ids' rows while it waited for this one
     ],
 )
 def test_a_row_locked_on_postgresql_holds_up_only_its_own_machines_writes(
@@ -402,13 +395,6 @@ def six_machines(db: None) -> None:
 
 
 SQLITE_HOLD = 4.0  # seconds the boards work while the database is write-locked
-STARVED_READS = (
-    "bridge bug: while SQLite is write-locked every write waits out the busy timeout (1.2 s); with six machines"
-    " writing and BRIDGE_WORKERS=4 a write that waits over 0.3 s for a worker misses the 1.5 s deadline, is answered"
-    " by the watchdog and is then still executed (Bridge.handle skips only late reads), holding a worker another"
-    " 1.2 s to fail again; the machine's next request, a read WAL would answer at once, queues behind that late write"
-    " and the other machines' writes and gets request_ok false at its deadline instead of the answer"
-)
 
 
 def drain(bridge: Bridge, timeout: float = 30) -> None:
@@ -473,7 +459,6 @@ def test_a_write_locked_sqlite_database_still_answers_every_request_once(
     sessions_while_sqlite_is_locked(bridge, boards)
 
 
-@pytest.mark.xfail(reason=STARVED_READS, strict=False)
 @pytest.mark.django_db(transaction=True)
 def test_a_write_locked_sqlite_database_answers_every_query_from_the_database(
     six_machines: None, bridge: Bridge, boards: dict[int, SimBoard]
