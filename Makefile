@@ -1,6 +1,7 @@
 # The two commands of the README: `make run` and `make test`.
 SHELL := /bin/bash
 PY := .venv/bin/python
+SCRIPTS := $(wildcard scripts/*.sh deploy/*.sh)
 
 .PHONY: run test setup lint format bench messages
 
@@ -15,12 +16,14 @@ run:
 
 test:
 	scripts/setup.sh test
-	.venv/bin/ruff check .
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
+# The static part of `make test`; .pre-commit-config.yaml runs the same checks on every commit.
 lint:
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	shellcheck $(SCRIPTS)
 
 format:
 	.venv/bin/ruff check --fix .

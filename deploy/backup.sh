@@ -15,5 +15,7 @@ esac
 umask 077
 .venv/bin/python manage.py backup --output "$out" >/dev/null
 [ "${out##*.}" = sqlite3 ] && gzip -f "$out" && out="$out.gz"
-ls -1t "$dir"/fabomatic-* 2>/dev/null | tail -n +"$(( ${BACKUP_KEEP:-14} + 1 ))" | xargs -r rm -f
+# Newest first by modification time (as `ls -t` would list them), NUL-separated so no file name can split.
+find "$dir" -maxdepth 1 -type f -name 'fabomatic-*' -printf '%T@\t%p\0' | sort -zrn | cut -zf2- \
+  | tail -zn +"$(( ${BACKUP_KEEP:-14} + 1 ))" | xargs -0r rm -f
 echo "Backup written to $out"

@@ -20,6 +20,7 @@ if [ "$MODE" = test ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
   have xgettext /usr/bin/xgettext || need+=(gettext)  # tests/test_i18n.py runs makemessages on a copy
+  have shellcheck /usr/bin/shellcheck || need+=(shellcheck)  # make test lints scripts/ and deploy/
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing Debian packages: ${need[*]}"
