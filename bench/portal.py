@@ -120,7 +120,7 @@ django.setup()
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from fabomatic.dashboard import dashboard_tiles
+from machines.dashboard.tiles import tiles as dashboard_tiles
 from members.models import Member
 
 client = Client()

@@ -17,7 +17,7 @@ from channels.security.websocket import WebsocketDenier  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.http.request import split_domain_port, validate_host  # noqa: E402
 
-from telemetry.routing import websocket_urlpatterns  # noqa: E402
+from machines.dashboard.routing import websocket_urlpatterns  # noqa: E402
 
 Origin = tuple[str, str, int]
 

@@ -37,7 +37,8 @@ from fabomatic.admin import (
 from members.models import Member
 from telemetry.credentials import issue_board_credentials
 
-from . import charts, live, services
+from . import charts, services
+from .dashboard import events
 from .forms import InterventionAddForm, UseAddForm, UseCorrectForm
 from .models import Authorization, Intervention, Machine, MachineType, MaintenancePlan, Use
 from .resources import InterventionResource, MachineResource, UseResource
@@ -52,10 +53,10 @@ def changelist_url(model: str, **params: Any) -> str:
 def plan_badge(plan: MaintenancePlan, machine_hours: float) -> str:
     """One badge per plan item: its short name, hours since the last intervention / interval."""
     since = plan.hours_since(machine_hours)
-    text = f"{plan.lcd_message or plan.description[:16]} {since:.0f}/{plan.hours_between:.0f} h"
+    text = f"{plan.short_label} {since:.0f}/{plan.hours_between:.0f} h"
     if plan.is_due(machine_hours):
         return badge(text, "error", _("Overdue: %(description)s") % {"description": plan.description})
-    if since > 0.9 * plan.hours_between:
+    if plan.is_due_soon(machine_hours):
         return badge(text, "warn", _("Due soon: %(description)s") % {"description": plan.description})
     return badge(text, "ok", plan.description)
 
@@ -72,8 +73,7 @@ class LiveUpdatesMixin:
         return obj.pk if self.machine_field is None else getattr(obj, f"{self.machine_field}_id")
 
     def push_live(self, machine_ids: Any) -> None:
-        for machine_id in set(machine_ids):
-            live.broadcast_machine_on_commit(machine_id)
+        events.push_on_commit(machine_ids)
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)  # type: ignore[misc]
@@ -164,11 +164,6 @@ class OnlineFilter(admin.SimpleListFilter):
         return queryset
 
 
-def _due_plans() -> Q:
-    """Plan items past their interval (hour meter minus the meter at the last intervention)."""
-    return Q(hours_between__lt=OuterRef("hours") - F("done_at_hours"))
-
-
 class MaintenanceFilter(admin.SimpleListFilter):
     title = gettext_lazy("maintenance")
     parameter_name = "maintenance"
@@ -177,7 +172,9 @@ class MaintenanceFilter(admin.SimpleListFilter):
         return [("due", _("Overdue")), ("ok", _("Up to date"))]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Machine]) -> QuerySet[Machine]:
-        due = Exists(MaintenancePlan.objects.filter(_due_plans(), machine=OuterRef("pk")))
+        due = Exists(
+            MaintenancePlan.objects.filter(MaintenancePlan.due_condition(OuterRef("hours")), machine=OuterRef("pk"))
+        )
         if self.value() == "due":
             return queryset.filter(due)
         if self.value() == "ok":
@@ -193,7 +190,7 @@ class PlanDueFilter(admin.SimpleListFilter):
         return [("yes", _("Overdue")), ("no", _("Up to date"))]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[MaintenancePlan]) -> QuerySet[MaintenancePlan]:
-        due = Q(hours_between__lt=F("machine__hours") - F("done_at_hours"))
+        due = MaintenancePlan.due_condition(F("machine__hours"))
         if self.value() == "yes":
             return queryset.filter(due)
         if self.value() == "no":
@@ -461,51 +458,45 @@ class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
 
     def remote_view(self, request: HttpRequest, machine_id: int, action: str) -> HttpResponse:
         """Remote start/stop (POST with CSRF only): the board acts as if the staff member swiped their card."""
-        return _remote(self, request, machine_id, action)
+        # Imported here: the MQTT client is loaded only by the process that sends a command.
+        from telemetry.remote import RemoteCommandError, send_remote_command
+
+        if request.method != "POST":  # a command with side effects is never a GET (the old portal's bug)
+            return HttpResponseNotAllowed(["POST"])
+        machine = self._machine_or_403(request, machine_id)
+        if action not in ("start", "stop"):
+            raise PermissionDenied
+        try:
+            send_remote_command(machine, action, request.user)
+        except RemoteCommandError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            text = (
+                _("Start sent to %(machine)s: the board logs you in as if you swiped your card.")
+                if action == "start"
+                else _("Stop sent to %(machine)s: the board logs its user out.")
+            )
+            self.message_user(request, text % {"machine": machine}, messages.SUCCESS)
+        return self._back(machine)
 
     def record_view(self, request: HttpRequest, machine_id: int, plan_id: int) -> HttpResponse:
-        return _record(self, request, machine_id, plan_id)
-
-
-def _remote(model_admin: MachineAdmin, request: HttpRequest, machine_id: int, action: str) -> HttpResponse:
-    from telemetry.remote import RemoteCommandError, send_remote_command
-
-    if request.method != "POST":  # a command with side effects is never a GET (the old portal's bug)
-        return HttpResponseNotAllowed(["POST"])
-    machine = model_admin._machine_or_403(request, machine_id)
-    if action not in ("start", "stop"):
-        raise PermissionDenied
-    try:
-        send_remote_command(machine, action, request.user)
-    except RemoteCommandError as exc:
-        model_admin.message_user(request, str(exc), messages.ERROR)
-    else:
-        text = (
-            _("Start sent to %(machine)s: the board logs you in as if you swiped your card.")
-            if action == "start"
-            else _("Stop sent to %(machine)s: the board logs its user out.")
+        """Record an intervention on one plan item (POST only), from the item's button on the machine page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        machine = get_object_or_404(Machine, pk=machine_id)
+        # Maintainers may record interventions without the right to change the machine itself.
+        if not (self.has_view_permission(request, machine) and request.user.has_perm("machines.add_intervention")):
+            raise PermissionDenied
+        plan = get_object_or_404(MaintenancePlan, pk=plan_id, machine=machine)
+        services.record_interventions(machine=machine, member=request.user, plans=[plan])
+        self.push_live([machine.pk])
+        self.message_user(
+            request,
+            _("Intervention recorded: “%(plan)s”; its counter restarts from the current hour meter.")
+            % {"plan": plan.description},
+            messages.SUCCESS,
         )
-        model_admin.message_user(request, text % {"machine": machine}, messages.SUCCESS)
-    return model_admin._back(machine)
-
-
-def _record(model_admin: MachineAdmin, request: HttpRequest, machine_id: int, plan_id: int) -> HttpResponse:
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    machine = get_object_or_404(Machine, pk=machine_id)
-    # Maintainers may record interventions without the right to change the machine itself.
-    if not (model_admin.has_view_permission(request, machine) and request.user.has_perm("machines.add_intervention")):
-        raise PermissionDenied
-    plan = get_object_or_404(MaintenancePlan, pk=plan_id, machine=machine)
-    services.record_interventions(machine=machine, member=request.user, plans=[plan])
-    model_admin.push_live([machine.pk])
-    model_admin.message_user(
-        request,
-        _("Intervention recorded: “%(plan)s”; its counter restarts from the current hour meter.")
-        % {"plan": plan.description},
-        messages.SUCCESS,
-    )
-    return model_admin._back(machine)
+        return self._back(machine)
 
 
 # --- maintenance plans and authorizations ----------------------------------------------------------

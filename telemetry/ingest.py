@@ -37,20 +37,17 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from machines import live, services
+from machines import services
 from machines.models import Authorization, Machine, MachineType, MaintenancePlan, Use
 from members.models import Card, Member, Role, UnknownCard
 
@@ -62,8 +59,6 @@ logger = logging.getLogger(__name__)
 # A stopuse that repeats the machine's latest closed use (same member, same duration) within this window is a
 # duplicate (S16). A board's replay buffer survives reboots, so allow for a long outage.
 DUPLICATE_WINDOW = timedelta(days=2)
-# Live dashboard heartbeats: at most one per machine per this many seconds.
-HEARTBEAT_EVERY = 10.0
 # Cards per synccache page read from the database (a reply holds about eight).
 SYNC_PAGE = 12
 
@@ -87,12 +82,11 @@ class Outcome:
 def handle_message(machine_id: int, request: p.Request) -> p.Reply | None:
     """Process one request and return the reply to publish (None: send nothing). Never raises.
 
-    The synchronous single-request API (the bridge's worker calls :func:`process` and batches the heartbeats itself):
-    the fast path's stamps are written at once.
+    The synchronous single-request API (the fuzz test; the bridge's workers call :func:`process` and batch the
+    heartbeats themselves): the fast path's stamps are written at once.
     """
     outcome = process(machine_id, request)
     flush_heartbeats()
-    after_reply(machine_id, outcome)
     return outcome.reply
 
 
@@ -119,64 +113,6 @@ def _drop_broken_connection() -> None:
         connection.close()
     except Exception:  # closing a dead connection may fail as well
         logger.debug("closing the database connection failed", exc_info=True)
-
-
-_last_heartbeat: dict[int, float] = {}
-
-
-def after_reply(machine_id: int, outcome: Outcome) -> None:
-    """Broadcast to the live dashboard, after the reply is out. A channel layer that is down is only logged."""
-    try:
-        if outcome.changed:
-            live.broadcast_machine(machine_id)
-            _last_heartbeat[machine_id] = time.monotonic()
-        elif outcome.seen is not None:
-            now = time.monotonic()
-            if now - _last_heartbeat.get(machine_id, -HEARTBEAT_EVERY) >= HEARTBEAT_EVERY:
-                _last_heartbeat[machine_id] = now
-                live.broadcast_heartbeat(machine_id, outcome.seen)
-    except Exception:
-        logger.warning("live update for machine %s failed", machine_id, exc_info=True)
-
-
-def broadcast_batch(outcomes: dict[int, Outcome]) -> None:
-    """What after_reply does, for many machines at once: the changed tiles in three queries, one channel-layer call.
-
-    The bridge's live thread calls it with the outcomes it coalesced; a channel layer that is down is only logged.
-    """
-    now_mono = time.monotonic()
-    messages: list[dict] = []
-    for machine_id, outcome in outcomes.items():
-        if outcome.changed or outcome.seen is None:
-            continue
-        if now_mono - _last_heartbeat.get(machine_id, -HEARTBEAT_EVERY) >= HEARTBEAT_EVERY:
-            _last_heartbeat[machine_id] = now_mono
-            messages.append({"type": "machine.heartbeat", "id": machine_id, "last_seen": outcome.seen.isoformat()})
-    changed = [machine_id for machine_id, outcome in outcomes.items() if outcome.changed]
-    try:
-        if changed:
-            machines = Machine.objects.select_related("board").prefetch_related("plans").filter(pk__in=changed)
-            # Served by the partial unique index on open uses: never scans the history.
-            open_uses = {
-                use.machine_id: use
-                for use in Use.objects.select_related("member").filter(machine_id__in=changed, ended_at__isnull=True)
-            }
-            now = timezone.now()
-            for machine in machines:
-                _last_heartbeat[machine.pk] = now_mono
-                tile = live.build_tile(machine, open_uses.get(machine.pk), now)
-                messages.append({"type": "machine.update", "tile": tile})
-        if messages:
-            layer = get_channel_layer()
-            if layer is not None:
-                async_to_sync(_send_all)(layer, messages)
-    except Exception:
-        logger.warning("live update for machines %s failed", sorted(outcomes)[:20], exc_info=True)
-
-
-async def _send_all(layer: object, messages: list[dict]) -> None:
-    for message in messages:
-        await layer.group_send(live.GROUP, message)  # type: ignore[attr-defined]
 
 
 def _process(machine_id: int, request: p.Request, now: datetime) -> Outcome:

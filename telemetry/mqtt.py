@@ -13,7 +13,8 @@ Threads:
   exactly once, by whichever of the two claims it first; a state change finished after the deadline is still
   recorded (the board does not replay an answered request), a query past it is not run;
 - one thread writes the read-only requests' heartbeat stamps every 0.5 s (``ingest.flush_heartbeats``);
-- one live thread broadcasts dashboard tiles and heartbeats (``machines.live``), coalesced per machine, in batches;
+- one live thread broadcasts dashboard tiles and heartbeats (``machines.dashboard.events``), coalesced per machine,
+  in batches;
 - the caller's thread (``mqtt_listen``) publishes stats every 5 s, schedules the housekeeping and adds a spare worker
   when workers are stuck on a database that stopped answering.
 
@@ -59,6 +60,8 @@ import paho.mqtt.client as mqtt
 from django.conf import settings
 from django.db import close_old_connections, connections
 from django.db.backends.signals import connection_created
+
+from machines.dashboard import events
 
 from . import ingest
 from . import protocol as p
@@ -205,6 +208,7 @@ class LiveBroadcaster:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bridge-live", daemon=True)
+        self.throttle = events.HeartbeatThrottle()
 
     def start(self) -> None:
         self._thread.start()
@@ -224,6 +228,18 @@ class LiveBroadcaster:
         self._wake.set()
         self._thread.join(timeout)
 
+    def _push(self, batch: dict[int, ingest.Outcome]) -> None:
+        """The changed tiles (three queries for the batch) and the heartbeats that are due, in one send."""
+        changed = [machine_id for machine_id, outcome in batch.items() if outcome.changed]
+        for machine_id in changed:
+            self.throttle.sent_tile(machine_id)
+        heard = [
+            events.heartbeat(machine_id, outcome.seen)
+            for machine_id, outcome in batch.items()
+            if not outcome.changed and outcome.seen is not None and self.throttle.due(machine_id)
+        ]
+        events.push_machines(changed, heard=heard)
+
     def _run(self) -> None:
         _persistent_connection()
         try:
@@ -234,7 +250,7 @@ class LiveBroadcaster:
                     batch, self._pending = self._pending, {}
                 if batch:
                     close_old_connections()
-                    ingest.broadcast_batch(batch)
+                    self._push(batch)
                 if self._stopping.is_set():
                     return
                 time.sleep(self.every)

@@ -242,8 +242,8 @@ def test_it_delivers_one_event_to_many_open_dashboards(world: World) -> None:
                 "manage.py",
                 "shell",
                 "-c",
-                "from django.utils import timezone; from machines.live import broadcast_heartbeat;"
-                "broadcast_heartbeat(4, timezone.now())",
+                "from django.utils import timezone; from machines.dashboard import events;"
+                "events.send([events.heartbeat(4, timezone.now())])",
                 cwd=ROOT,
                 env=world.env,
             )

@@ -20,9 +20,10 @@ from django.test import Client
 from django.utils import timezone
 
 from fabomatic.asgi import application
-from machines.live import GROUP, broadcast_heartbeat, broadcast_machine
+from machines.dashboard import events
+from machines.dashboard.consumers import CLOSE_FORBIDDEN, DashboardConsumer
+from machines.dashboard.events import GROUP
 from machines.models import Machine, Use
-from telemetry.consumers import CLOSE_FORBIDDEN, DashboardConsumer
 
 from .factories import MemberFactory
 from .services import ROOT
@@ -99,7 +100,7 @@ async def test_it_forwards_machine_updates_sent_to_the_group(staff) -> None:
 async def test_it_forwards_heartbeats(staff) -> None:
     communicator = await _connected(staff)
     now = timezone.now()
-    await database_sync_to_async(broadcast_heartbeat)(1, now)
+    await database_sync_to_async(events.send)([events.heartbeat(1, now)])
     assert await communicator.receive_json_from() == {
         "type": "machine.heartbeat",
         "id": 1,
@@ -115,7 +116,7 @@ async def test_it_pushes_the_tile_the_bridge_broadcasts(staff, lab) -> None:
         now = timezone.now()
         Machine.objects.filter(pk=1).update(last_seen=now)
         Use.objects.create(member=lab.normal, machine=lab.laser, started_at=now - timedelta(seconds=3), last_seen=now)
-        broadcast_machine(1)
+        events.push_machines([1])
 
     await database_sync_to_async(start_use)()
     message = await communicator.receive_json_from()
@@ -176,7 +177,7 @@ async def test_it_carries_a_tile_from_another_process_through_the_real_redis_lay
         "CHANNELS_PREFIX": f"test{os.getpid()}",
         "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
     }
-    code = "from machines.live import broadcast_machine; broadcast_machine(1)"
+    code = "from machines.dashboard import events; events.push_machines([1])"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "manage.py", "shell", "-c", code, cwd=ROOT, env=env, stderr=subprocess.PIPE
     )
@@ -190,7 +191,7 @@ async def test_it_carries_a_tile_from_another_process_through_the_real_redis_lay
 
 
 async def test_it_shares_one_snapshot_read_between_dashboards_connecting_together(staff, monkeypatch) -> None:
-    from telemetry import consumers
+    from machines.dashboard import consumers
 
     reads = []
     real = consumers._snapshot
@@ -215,14 +216,12 @@ async def test_it_never_hands_a_new_dashboard_a_snapshot_older_than_its_connecti
 async def test_it_pushes_a_portal_edit_once_it_commits(staff, lab) -> None:
     from django.db import transaction
 
-    from machines.live import broadcast_machine_on_commit
-
     communicator = await _connected(staff)
 
     def block_the_printer() -> None:
         with transaction.atomic():
             Machine.objects.filter(pk=2).update(blocked=True)
-            broadcast_machine_on_commit(2)
+            events.push_on_commit([2])
 
     await database_sync_to_async(block_the_printer)()
     message = await communicator.receive_json_from()

@@ -11,8 +11,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from fabomatic.dashboard import count_states, dashboard_tiles, elapsed_text
-from machines.live import build_tile, machine_tile, tile_state
+from machines.dashboard.tiles import build_tile, count_states, elapsed_text, machine_tile, tile_state
+from machines.dashboard.tiles import tiles as dashboard_tiles
 from machines.models import Machine, MaintenancePlan, Use
 from telemetry.models import Board
 

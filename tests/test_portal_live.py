@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from machines import live
+from machines.dashboard import events
 from machines.models import Use
 
 from .conftest import Lab
@@ -23,7 +23,7 @@ def dashboard_channel() -> Iterator[str]:
     channel_layers.backends = {}
     layer = get_channel_layer()
     name = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(live.GROUP, name)
+    async_to_sync(layer.group_add)(events.GROUP, name)
     yield name
     channel_layers.backends = {}
 

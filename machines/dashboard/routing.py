@@ -1,3 +1,5 @@
+"""The dashboard's websocket route (mounted by fabomatic/asgi.py)."""
+
 from django.urls import path
 
 from .consumers import DashboardConsumer

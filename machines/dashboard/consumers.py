@@ -1,7 +1,7 @@
 """The live dashboard's websocket: staff only, one group, events forwarded as they come.
 
 Async on purpose: a sync consumer holds a thread per message, and 500 open dashboards each receiving every
-event would queue on the thread pool. The tiles are computed once by the sender (``machines.live``), so a
+event would queue on the thread pool. The tiles are computed once by the sender (:mod:`.events`), so a
 consumer does no database work per event; it only reads the database once, for the snapshot it sends on
 connect (a reconnecting page catches up with what it missed).
 
@@ -27,8 +27,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from fabomatic.dashboard import dashboard_tiles
-from machines.live import GROUP
+from .events import GROUP
+from .tiles import tiles
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ CLOSE_FORBIDDEN = 4403
 
 def _snapshot() -> dict[str, Any]:
     now = timezone.now()
-    return {"type": "snapshot", "now": now.isoformat(), "tiles": dashboard_tiles(now)}
+    return {"type": "snapshot", "now": now.isoformat(), "tiles": tiles(now=now)}
 
 
 class _Read:
@@ -105,7 +105,7 @@ def recheck_access(member_id: int) -> None:
 
 
 def member_saved(sender: Any, instance: Any, created: bool, update_fields: Any = None, **kwargs: Any) -> None:
-    """post_save of the user model (connected in TelemetryConfig.ready): a new member has no socket yet, and a
+    """post_save of the user model (connected in MachinesConfig.ready): a new member has no socket yet, and a
     login only stamps last_login."""
     if not created and set(update_fields or ()) != {"last_login"}:
         recheck_access(instance.pk)
@@ -153,7 +153,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         """The page sends nothing; anything received is ignored."""
 
-    # One handler per event type sent by machines.live.
+    # One handler per event type of .events.
     async def machine_update(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "machine.update", "tile": event["tile"]})
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from django import template
 
-from fabomatic.dashboard import dashboard_context
+from machines.dashboard.tiles import page_context
 
 register = template.Library()
 
 
 @register.simple_tag
 def live_dashboard() -> dict:
-    return dashboard_context()
+    return page_context()
