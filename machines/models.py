@@ -7,13 +7,15 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 # The board reads 16-bit numbers: machine ids, logoff and grace minutes must fit.
 U16 = [MinValueValidator(0), MaxValueValidator(65535)]
 LCD_WIDTH = 16
+# A plan item is "due soon" when less than this fraction of its interval is left (portal badges, weekly summary).
+DUE_SOON_FRACTION = 0.1
 
 
 class MachineType(models.Model):
@@ -127,6 +129,24 @@ class MaintenancePlan(models.Model):
 
     def is_due(self, machine_hours: float | None = None) -> bool:
         return self.hours_since(machine_hours) > self.hours_between
+
+    @staticmethod
+    def due_condition(machine_hours: F) -> Q:
+        """:meth:`is_due` in SQL, for filters: ``machine_hours`` is the meter's expression, e.g.
+        ``F("machine__hours")`` or ``OuterRef("hours")`` (tests/test_rules.py proves the two agree)."""
+        return Q(hours_between__lt=machine_hours - F("done_at_hours"))
+
+    def is_due_soon(self, machine_hours: float | None = None) -> bool:
+        """Not due yet, with less than ``DUE_SOON_FRACTION`` of its interval left."""
+        return not self.is_due(machine_hours) and (
+            self.hours_since(machine_hours) > (1 - DUE_SOON_FRACTION) * self.hours_between
+        )
+
+    @property
+    def short_label(self) -> str:
+        """The item's name where room is short (the board's LCD, portal badges): its LCD message, or the start of
+        its description."""
+        return self.lcd_message or self.description[:LCD_WIDTH]
 
 
 class Intervention(models.Model):

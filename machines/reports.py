@@ -24,7 +24,6 @@ from .models import Machine, MaintenancePlan, Use
 logger = logging.getLogger(__name__)
 
 LANGUAGES = ("en", "it")
-DUE_SOON_FRACTION = 0.1  # "due soon": less than 10 % of the interval left
 
 
 @dataclass
@@ -108,7 +107,7 @@ def build_summary(*, now: datetime | None = None, days: int = 7) -> Summary:
         )
         if plan.is_due():
             summary.overdue.append(item)
-        elif item.hours_left <= plan.hours_between * DUE_SOON_FRACTION:
+        elif plan.is_due_soon():
             summary.due_soon.append(item)
     summary.overdue.sort(key=lambda p: -p.overdue_hours)
     summary.due_soon.sort(key=lambda p: p.hours_left)
