@@ -59,6 +59,12 @@ def lab(db: None) -> Lab:
     return Lab(laser=laser, printer=printer, admin=a, staff=s, normal=n, unauthorized=u, disabled=d, plan=plan)
 
 
+@pytest.fixture
+def fast_passwords(settings: Any) -> None:
+    """MD5 instead of PBKDF2 for modules that log in per test (admin_client): a full PBKDF2 run per test otherwise."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Broker]:
     """A real Mosquitto on a free port, shared by the session (tests that restart it use `own_broker`)."""

@@ -12,19 +12,13 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from machines.models import Intervention, Use
-from members.models import Member, UnknownCard
+from machines.models import Intervention, Machine, MachineType, MaintenancePlan, Use
+from members.models import Card, Member, UnknownCard
 from telemetry.models import Board
 
 from .conftest import Lab
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings) -> None:
-    """admin_client's password would otherwise cost a full PBKDF2 run per test."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
 
 
 MODELS = sorted(admin.site._registry, key=lambda m: m._meta.label)
@@ -124,8 +118,6 @@ def test_lists_cost_the_same_number_of_queries_whatever_the_number_of_rows(admin
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from .factories import CardFactory, MachineFactory, MaintenancePlanFactory, MemberFactory
-
     urls = [_admin_url(m, "changelist") for m in MODELS if m._meta.app_label in ("members", "machines", "telemetry")]
 
     def cost() -> dict[str, int]:
@@ -139,11 +131,12 @@ def test_lists_cost_the_same_number_of_queries_whatever_the_number_of_rows(admin
     before = cost()
     now = timezone.now()
     for i in range(15):
-        machine = MachineFactory()
-        MaintenancePlanFactory(machine=machine)
+        kind = MachineType.objects.create(name=f"Type {i}")
+        machine = Machine.objects.create(id=100 + i, name=f"MACHINE {i}", type=kind)
+        MaintenancePlan.objects.create(machine=machine, hours_between=10, description=f"Plan {i}")
         Board.objects.create(machine=machine, serial=f"S{i}")
-        member = MemberFactory(role=history.normal.role)
-        CardFactory(member=member)
+        member = Member.objects.create_user(email=f"member{i}@lab.test", first_name=f"M{i}", role=history.normal.role)
+        Card.objects.create(uid=f"{0x10000000 + i:08x}", member=member)
         Use.objects.create(member=member, machine=machine, started_at=now, last_seen=now)
         Intervention.objects.create(plan=history.plan, machine=history.laser, member=member)
         UnknownCard.objects.create(uid=f"{0xE0000000 + i:08x}", machine=machine)

@@ -24,8 +24,8 @@ from machines.dashboard import events
 from machines.dashboard.consumers import CLOSE_FORBIDDEN, DashboardConsumer
 from machines.dashboard.events import GROUP
 from machines.models import Machine, Use
+from members.models import Member, Role
 
-from .factories import MemberFactory
 from .services import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,6 +53,13 @@ async def _connected(user: object) -> WebsocketCommunicator:
     snapshot = await communicator.receive_json_from()
     assert snapshot["type"] == "snapshot"
     return communicator
+
+
+def _member(**fields: object) -> Member:
+    """A member of the lab's USER role, with an address of their own."""
+    n = Member.objects.count()
+    role = Role.objects.get(name="USER")
+    return Member.objects.create_user(email=f"member{n}@lab.test", first_name=f"Member{n}", role=role, **fields)
 
 
 @pytest.fixture
@@ -83,7 +90,7 @@ async def test_it_rejects_anonymous_users() -> None:
 
 
 async def test_it_rejects_members_without_portal_access_and_inactive_staff(lab) -> None:
-    inactive = await database_sync_to_async(MemberFactory)(is_staff=True, is_active=False)
+    inactive = await database_sync_to_async(_member)(is_staff=True, is_active=False)
     for user in (lab.normal, lab.admin, inactive):  # lab.admin authorizes all on boards, but is not portal staff
         connected, code = await _communicator(user).connect()
         assert (connected, code) == (False, CLOSE_FORBIDDEN)
@@ -304,7 +311,7 @@ async def test_it_closes_the_dashboard_of_a_member_who_loses_access(staff, revok
     from members.gdpr import erase_member
 
     communicator = await _connected(staff)
-    other = await _connected(await database_sync_to_async(MemberFactory)(is_staff=True))
+    other = await _connected(await database_sync_to_async(_member)(is_staff=True))
 
     def apply() -> None:
         member = staff.__class__.objects.get(pk=staff.pk)

@@ -13,10 +13,9 @@ from django.utils import timezone
 
 from machines.dashboard.tiles import build_tile, count_states, elapsed_text, machine_tile, tile_state
 from machines.dashboard.tiles import tiles as dashboard_tiles
-from machines.models import Machine, MaintenancePlan, Use
+from machines.models import Machine, MachineType, MaintenancePlan, Use
+from members.models import Member, Role
 from telemetry.models import Board
-
-from .factories import MachineFactory, MaintenancePlanFactory, MemberFactory, UseFactory
 
 
 @pytest.mark.parametrize(
@@ -42,6 +41,31 @@ def _counters_on_page(html: str) -> dict[str, int]:
     return {state: int(n) for state, n in found}
 
 
+def _machine(pk: int, name: str, **fields: object) -> Machine:
+    """A machine of a type of its own (the lab's are 1 and 2)."""
+    kind = MachineType.objects.create(name=f"Type {pk}")
+    return Machine.objects.create(id=pk, name=name, type=kind, **fields)
+
+
+def _plan(machine: Machine, **fields: object) -> MaintenancePlan:
+    """A maintenance item like the lab's 10 h lens cleaning; fields override it."""
+    fields = {"hours_between": 10, "description": "Clean the lens", "lcd_message": "pulire lente", **fields}
+    return MaintenancePlan.objects.create(machine=machine, **fields)
+
+
+def _member(**fields: object) -> Member:
+    """A member of the lab's USER role, with an address of their own."""
+    n = Member.objects.count()
+    role = Role.objects.get(name="USER")
+    return Member.objects.create_user(email=f"member{n}@lab.test", first_name=f"Member{n}", role=role, **fields)
+
+
+def _use(machine: Machine, **fields: object) -> Use:
+    """A use started now by a member of its own (open unless ended_at is given)."""
+    now = timezone.now()
+    return Use.objects.create(member=_member(), machine=machine, started_at=now, last_seen=now, **fields)
+
+
 @pytest.fixture
 def every_state(lab) -> dict[str, Machine]:
     """One machine in each state, on top of the lab (laser: in use by Nina despite a due item)."""
@@ -51,11 +75,11 @@ def every_state(lab) -> dict[str, Machine]:
     Machine.objects.filter(pk=1).update(hours=12)  # the 10 h lens cleaning is due
     Use.objects.create(member=lab.normal, machine=lab.laser, started_at=now - timedelta(minutes=5), last_seen=now)
     Board.objects.create(machine=lab.laser, firmware="hardware-rev0-it_IT,v1.0.4", ip_address="192.168.1.50")
-    blocked = MachineFactory(name="BLOCKED SAW", blocked=True, last_seen=now, hours=50)
-    MaintenancePlanFactory(machine=blocked, hours_between=1, lcd_message="oil")
-    maintenance = MachineFactory(name="MILL", last_seen=None, hours=3)
-    MaintenancePlanFactory(machine=maintenance, hours_between=2, description="Grease the spindle", lcd_message="")
-    offline = MachineFactory(name="LATHE", last_seen=now - timedelta(minutes=10))
+    blocked = _machine(3, "BLOCKED SAW", blocked=True, last_seen=now, hours=50)
+    _plan(blocked, hours_between=1, lcd_message="oil")
+    maintenance = _machine(4, "MILL", last_seen=None, hours=3)
+    _plan(maintenance, hours_between=2, description="Grease the spindle", lcd_message="")
+    offline = _machine(5, "LATHE", last_seen=now - timedelta(minutes=10))
     return {
         "in_use": lab.laser,
         "free": lab.printer,
@@ -93,12 +117,12 @@ def test_it_builds_every_tile_in_three_queries_whatever_the_lab_or_history_size(
     with django_assert_num_queries(3):
         few = dashboard_tiles()
     for n in range(20):
-        machine = MachineFactory(last_seen=timezone.now())
-        MaintenancePlanFactory(machine=machine)
+        machine = _machine(100 + n, f"MACHINE {n}", last_seen=timezone.now())
+        _plan(machine)
         Board.objects.create(machine=machine, firmware=f"fw{n}")
-        UseFactory(machine=machine, ended_at=timezone.now(), duration=60)
+        _use(machine, ended_at=timezone.now(), duration=60)
         if n % 2:
-            UseFactory(machine=machine)
+            _use(machine)
     with django_assert_num_queries(3):
         many = dashboard_tiles()
     assert len(many) == len(few) + 20
@@ -106,7 +130,8 @@ def test_it_builds_every_tile_in_three_queries_whatever_the_lab_or_history_size(
 
 
 def test_it_reads_only_open_uses(every_state) -> None:
-    UseFactory.create_batch(5, machine=every_state["free"], ended_at=timezone.now(), duration=10)
+    for _ in range(5):
+        _use(every_state["free"], ended_at=timezone.now(), duration=10)
     with CaptureQueriesContext(connection) as queries:
         dashboard_tiles()
     use_queries = [q["sql"] for q in queries.captured_queries if '"machines_use"' in q["sql"]]
@@ -146,7 +171,7 @@ def test_it_draws_an_empty_lab(admin_client) -> None:
 def test_it_refuses_the_dashboard_to_anonymous_and_non_staff(client, lab) -> None:
     response = client.get("/admin/")
     assert response.status_code == 302 and "/login/" in response["Location"]
-    client.force_login(MemberFactory(is_staff=False))
+    client.force_login(_member(is_staff=False))
     response = client.get("/admin/")
     assert response.status_code == 302 and "/login/" in response["Location"]
     assert "LASER 1" not in response.content.decode()

@@ -23,10 +23,7 @@ LOCALE = Path(settings.BASE_DIR) / "locale"
 NOT_SCANNED = {".git", ".venv", "var", "tests", "bench", "locale", "node_modules", "__pycache__"}
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings) -> None:
-    """admin_client's password would otherwise cost a full PBKDF2 run per test."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+pytestmark = pytest.mark.usefixtures("fast_passwords")
 
 
 # --- a minimal .po reader (polib is not a dependency; msgfmt may not be installed) -----------------------

@@ -17,13 +17,7 @@ from members.models import Card, Member
 
 from .conftest import Lab
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings) -> None:
-    """admin_client's password would otherwise cost a full PBKDF2 run per test."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
 
 
 USES = reverse("admin:machines_use_changelist")

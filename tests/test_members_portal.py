@@ -11,19 +11,12 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from machines.models import Authorization, Use
+from machines.models import Authorization, Machine, MachineType, Use
 from members.models import Card, Member, Role, UnknownCard
 
 from .conftest import Lab
-from .factories import MachineFactory
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings) -> None:
-    """admin_client's password would otherwise cost a full PBKDF2 run per test."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
 
 
 ADD = reverse("admin:members_member_add")
@@ -122,7 +115,7 @@ def test_a_member_page_shows_cards_authorizations_last_uses_and_total_hours(admi
 
 
 def test_bulk_action_grants_then_revokes_machines(admin_client: Client, lab: Lab) -> None:
-    extra = MachineFactory(name="CNC")
+    extra = Machine.objects.create(id=3, name="CNC", type=MachineType.objects.create(name="Type CNC"))
     members = [lab.normal.pk, lab.unauthorized.pk]
     base = {"action": "grant_revoke_machines", "_selected_action": members}
     page = admin_client.post(CHANGELIST, base)
