@@ -12,7 +12,7 @@ Threads:
   ``BRIDGE_REPLY_DEADLINE`` seconds after it arrived: the board is never left in silence. A :class:`Job` is answered
   exactly once, by whichever of the two claims it first; a state change finished after the deadline is still
   recorded (the board does not replay an answered request), a query past it is not run;
-- one thread writes the read-only requests' heartbeat stamps every 0.5 s (``ingest.flush_heartbeats``);
+- one thread writes the read-only requests' heartbeat stamps every 0.5 s (``fastpath.flush_heartbeats``);
 - one live thread broadcasts dashboard tiles and heartbeats (``machines.dashboard.events``), coalesced per machine,
   in batches;
 - the caller's thread (``mqtt_listen``) publishes stats every 5 s, schedules the housekeeping and adds a spare worker
@@ -63,8 +63,9 @@ from django.db.backends.signals import connection_created
 
 from machines.dashboard import events
 
-from . import ingest
+from . import fastpath, ingest, sessions
 from . import protocol as p
+from .outcome import Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class LiveBroadcaster:
 
     def __init__(self, every: float = 0.25) -> None:
         self.every = every
-        self._pending: dict[int, ingest.Outcome] = {}
+        self._pending: dict[int, Outcome] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -213,7 +214,7 @@ class LiveBroadcaster:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, machine_id: int, outcome: ingest.Outcome) -> None:
+    def put(self, machine_id: int, outcome: Outcome) -> None:
         if not outcome.changed and outcome.seen is None:
             return
         with self._lock:
@@ -228,7 +229,7 @@ class LiveBroadcaster:
         self._wake.set()
         self._thread.join(timeout)
 
-    def _push(self, batch: dict[int, ingest.Outcome]) -> None:
+    def _push(self, batch: dict[int, Outcome]) -> None:
         """The changed tiles (three queries for the batch) and the heartbeats that are due, in one send."""
         changed = [machine_id for machine_id, outcome in batch.items() if outcome.changed]
         for machine_id in changed:
@@ -575,13 +576,13 @@ class Bridge:
         delays them, never a reply."""
         _persistent_connection()
         try:
-            while not self._stopping.wait(ingest.FLUSH_EVERY):
-                if ingest.heartbeats_pending():
+            while not self._stopping.wait(fastpath.FLUSH_EVERY):
+                if fastpath.heartbeats_pending():
                     close_old_connections()
-                    ingest.flush_heartbeats()
+                    fastpath.flush_heartbeats()
         finally:
             try:
-                ingest.flush_heartbeats()
+                fastpath.flush_heartbeats()
             finally:
                 connections.close_all()
 
@@ -626,13 +627,13 @@ class Bridge:
     def housekeep(self) -> None:
         close_old_connections()
         try:
-            machine_ids = ingest.close_orphans()
+            machine_ids = sessions.close_orphans()
         except Exception:
             logger.exception("orphan housekeeping failed")
-            ingest._drop_broken_connection()
+            fastpath.drop_broken_connection()
             return
         for machine_id in set(machine_ids):
-            self.live.put(machine_id, ingest.Outcome(None, changed=True))
+            self.live.put(machine_id, Outcome(None, changed=True))
 
     # --- stats -----------------------------------------------------------------------------------
 

@@ -91,9 +91,9 @@ def time_passes(seconds: float) -> None:
     from django.db.models import F
 
     from machines.models import Machine, Use
-    from telemetry import ingest
+    from telemetry import fastpath
 
-    ingest.flush_heartbeats()
+    fastpath.flush_heartbeats()
     delta = timedelta(seconds=seconds)
     Machine.objects.filter(last_seen__isnull=False).update(last_seen=F("last_seen") - delta)
     Machine.objects.filter(heard_live_at__isnull=False).update(heard_live_at=F("heard_live_at") - delta)
