@@ -119,7 +119,7 @@ def replay_flag(replayed: bool) -> str:
         '<span class="fab-replay" title="{}" aria-label="{}">{}</span>',
         tip,
         tip,
-        mark_safe(REPLAY_ICON),  # noqa: S308 - a constant
+        mark_safe(REPLAY_ICON),  # a constant
     )
 
 

@@ -194,7 +194,7 @@ def backup_view(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied
     stamp = timezone.localtime().strftime("%Y%m%d-%H%M%S")
     if backup.is_sqlite():
-        tmp = tempfile.NamedTemporaryFile(prefix="fabomatic-backup-", suffix=".sqlite3", delete=False)  # noqa: SIM115
+        tmp = tempfile.NamedTemporaryFile(prefix="fabomatic-backup-", suffix=".sqlite3", delete=False)
         tmp.close()
         path = Path(tmp.name)
         try:

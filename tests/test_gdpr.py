@@ -198,7 +198,7 @@ def traces_in_database() -> list[str]:
     found = []
     with connection.cursor() as cursor:
         for table in connection.introspection.table_names():
-            cursor.execute(f'SELECT * FROM "{table}"')  # noqa: S608 - names from the database itself
+            cursor.execute(f'SELECT * FROM "{table}"')  # names from the database itself
             for row in cursor.fetchall():
                 text = " ".join(str(cell) for cell in row).lower()
                 found += [f"{table}: {t}" for t in TRACES if t in text]

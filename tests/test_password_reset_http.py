@@ -38,7 +38,7 @@ class Handler:
     hold: threading.Event = field(default_factory=threading.Event)
     received: threading.Event = field(default_factory=threading.Event)
 
-    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # noqa: N802 - aiosmtpd
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # aiosmtpd's hook name
         self.entered.set()
         await asyncio.get_running_loop().run_in_executor(None, self.hold.wait, 60)
         self.messages.append(envelope.content.decode("utf-8", "replace"))

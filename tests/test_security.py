@@ -48,7 +48,7 @@ def staff(lab: Lab) -> Member:
     return member
 
 
-def ask_reset(client: Client, email: str, ip: str = "10.0.0.1"):  # noqa: ANN201
+def ask_reset(client: Client, email: str, ip: str = "10.0.0.1"):
     return client.post("/admin/password_reset/", {"email": email}, REMOTE_ADDR=ip)
 
 
