@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "members",
     "machines",
     "telemetry",
+    "importer",
     "fabomatic",
 ]
 
@@ -328,7 +329,7 @@ LOGGING = {
     "root": {"handlers": _log_handlers, "level": "WARNING"},
     "loggers": {
         app: {"handlers": _log_handlers, "level": env("LOG_LEVEL"), "propagate": False}
-        for app in ("fabomatic", "members", "machines", "telemetry")
+        for app in ("fabomatic", "members", "machines", "telemetry", "importer")
     },
 }
 if LOG_DIR and "pytest" not in sys.modules and _process not in ("test", "shell", "check"):

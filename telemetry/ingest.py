@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from machines import services
@@ -195,15 +195,9 @@ def _sync_cache(machine_id: int, request: p.SyncCache) -> p.Reply:
     machine = Machine.objects.select_related("type").filter(pk=machine_id).first()
     if machine is None:
         return p.unknown_machine_reply()
-    cards = Card.objects.filter(
-        active=True, member__disabled=False, member__is_active=True, member__deleted_at__isnull=True
-    )
-    allowed = Q(member__role__authorize_all=True)
-    if not machine.blocked:
-        allowed |= Q() if not machine.type.requires_authorization else Q(member__authorizations__machine=machine)
+    cards = Card.objects.filter(services.may_use_filter(machine, member="member__"), active=True)
     rows = list(
-        cards.filter(allowed)
-        .distinct()
+        cards.distinct()
         .order_by("uid")
         .values_list("uid", "member__role__authorize_all", "member__role__maintenance")[
             request.offset : request.offset + SYNC_PAGE + 1

@@ -137,7 +137,7 @@ EXPECTED = {
 
 
 def tallies(path: Path, **kwargs: bool) -> dict[str, tuple[int, int, int, int]]:
-    from members.legacy_import import import_database
+    from importer.legacy import import_database
 
     report = import_database(path, **kwargs)
     return {name: (t.found, t.created, t.existing, t.skipped) for name, t in report.tallies.items()}

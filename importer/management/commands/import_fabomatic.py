@@ -4,7 +4,7 @@ from argparse import ArgumentParser
 
 from django.core.management.base import BaseCommand, CommandError
 
-from members.legacy_import import ImportReport, LegacyImportError, import_database
+from importer.legacy import ImportReport, LegacyImportError, import_database
 
 
 class Command(BaseCommand):
