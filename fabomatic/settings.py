@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "machines",
     "telemetry",
     "importer",
+    "operations",
     "fabomatic",
 ]
 
@@ -329,7 +330,7 @@ LOGGING = {
     "root": {"handlers": _log_handlers, "level": "WARNING"},
     "loggers": {
         app: {"handlers": _log_handlers, "level": env("LOG_LEVEL"), "propagate": False}
-        for app in ("fabomatic", "members", "machines", "telemetry", "importer")
+        for app in ("fabomatic", "members", "machines", "telemetry", "importer", "operations")
     },
 }
 if LOG_DIR and "pytest" not in sys.modules and _process not in ("test", "shell", "check"):

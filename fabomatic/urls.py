@@ -5,7 +5,6 @@ from django.views.generic import RedirectView
 
 from members.password_reset import RateLimitedPasswordResetView
 from members.views import member_report_view
-from telemetry import system
 
 urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
@@ -20,14 +19,8 @@ urlpatterns = [
     path("admin/password_reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path("reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(), name="password_reset_confirm"),
     path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
-    # The System page (telemetry/system.py): staff only, through the admin's login.
-    path("admin/system/", admin.site.admin_view(system.system_view), name="fabomatic_system"),
-    path("admin/system/backup/", admin.site.admin_view(system.backup_view), name="fabomatic_system_backup"),
-    path(
-        "admin/system/credentials/<int:machine_id>/",
-        admin.site.admin_view(system.credentials_view),
-        name="fabomatic_board_credentials",
-    ),
+    # The System page (operations/system.py): staff only, through the admin's login.
+    path("admin/system/", include("operations.urls")),
     # GDPR right of access: one page with everything held about a member.
     path(
         "admin/members/member/<int:member_id>/report/",

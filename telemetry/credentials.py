@@ -38,20 +38,13 @@ from django.utils.translation import gettext_lazy as _
 
 from machines.models import Machine
 
-from .models import STATS_TOPIC, BoardCredential, SwitchCredential
+from .models import BoardCredential, SwitchCredential, board_username, switch_username
+from .mqtt import STATS_TOPIC
 
 logger = logging.getLogger(__name__)
 
 MOSQUITTO_ITERATIONS = 101  # what mosquitto_passwd 2.x uses
 DEVICE_USERNAME = re.compile(r"(board|switch)-\d+")
-
-
-def board_username(machine_id: int) -> str:
-    return f"board-{machine_id}"
-
-
-def switch_username(machine_id: int) -> str:
-    return f"switch-{machine_id}"
 
 
 def mosquitto_hash(password: str, *, salt: bytes | None = None, iterations: int = MOSQUITTO_ITERATIONS) -> str:

@@ -9,6 +9,16 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 
+def board_username(machine_id: int) -> str:
+    """The MQTT user name of a machine's board (its password and ACL entries: telemetry/credentials.py)."""
+    return f"board-{machine_id}"
+
+
+def switch_username(machine_id: int) -> str:
+    """The MQTT user name of a machine's Shelly power switch."""
+    return f"switch-{machine_id}"
+
+
 class Board(models.Model):
     """The board fitted to a machine, as it last announced itself with ``alive``.
 
@@ -57,11 +67,7 @@ class BoardCredential(models.Model):
 
     @property
     def username(self) -> str:
-        return f"board-{self.machine_id}"
-
-
-# The root of the bridge's stats topics (stats/<client id>); the boards' root is settings.MQTT["TOPIC"].
-STATS_TOPIC = "stats"
+        return board_username(self.machine_id)
 
 
 def validate_switch_topic(topic: str) -> None:
@@ -74,6 +80,9 @@ def validate_switch_topic(topic: str) -> None:
         raise ValidationError(_("A switch topic is one topic: no + or # wildcards, no leading $."))
     if any(c.isspace() or not c.isprintable() for c in topic):
         raise ValidationError(_("A switch topic has no spaces or control characters."))
+    # The root of the bridge's stats topics (stats/<client id>); imported here, as telemetry.mqtt imports the models.
+    from .mqtt import STATS_TOPIC
+
     for root in (settings.MQTT["TOPIC"], STATS_TOPIC):
         # Case-insensitive, as the bridge compares its topic root (protocol.py).
         if topic.casefold() == root.casefold() or topic.casefold().startswith(f"{root.casefold()}/"):
@@ -110,4 +119,4 @@ class SwitchCredential(models.Model):
 
     @property
     def username(self) -> str:
-        return f"switch-{self.machine_id}"
+        return switch_username(self.machine_id)

@@ -1,6 +1,7 @@
 """The portal's System page: versions, database, boards, bridge state, recent log lines, backup, board secrets.
 
-Hooked in fabomatic/urls.py under ``admin/system/`` through ``admin.site.admin_view`` (staff login required).
+Hooked in operations/urls.py (included under ``admin/system/``) through ``admin.site.admin_view`` (staff login
+required).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import tomllib
+import uuid
 from collections import deque
 from datetime import timedelta
 from functools import cache
@@ -35,9 +37,11 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from machines.models import Machine
+from telemetry import credentials
+from telemetry.models import Board
+from telemetry.mqtt import STATS_TOPIC, build_client
 
-from . import backup, credentials
-from .models import Board
+from . import backup
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +94,13 @@ def bridge_stats() -> list[dict[str, Any]]:
     conf = settings.MQTT
     received: queue.Queue[tuple[str, bytes]] = queue.Queue()
     subscribed: queue.Queue[bool] = queue.Queue()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="")
+    # Credentials and TLS from settings.MQTT; a client id of its own, never the bridge's (it would knock it off).
+    client = build_client(client_id=f"fabomatic-system-{uuid.uuid4().hex[:12]}", conf=conf)
     client.connect_timeout = STATS_WAIT_SECONDS
-    if conf.get("USERNAME"):
-        client.username_pw_set(conf["USERNAME"], conf.get("PASSWORD"))
-    if conf.get("TLS"):
-        client.tls_set(ca_certs=conf.get("TLS_CA"))
 
     def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if not reason.is_failure:
-            c.subscribe(f"{credentials.STATS_TOPIC}/#")
+            c.subscribe(f"{STATS_TOPIC}/#")
 
     client.on_connect = on_connect
     client.on_subscribe = lambda *a: subscribed.put(True)

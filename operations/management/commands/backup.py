@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from telemetry import backup
+from operations import backup
 
 
 class Command(BaseCommand):

@@ -1,0 +1,16 @@
+"""The System page (operations/system.py) under ``admin/system/``: staff only, through the admin's login."""
+
+from django.contrib import admin
+from django.urls import path
+
+from . import system
+
+urlpatterns = [
+    path("", admin.site.admin_view(system.system_view), name="fabomatic_system"),
+    path("backup/", admin.site.admin_view(system.backup_view), name="fabomatic_system_backup"),
+    path(
+        "credentials/<int:machine_id>/",
+        admin.site.admin_view(system.credentials_view),
+        name="fabomatic_board_credentials",
+    ),
+]
