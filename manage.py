@@ -7,9 +7,6 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fabomatic.settings")
-    if sys.argv[1:2] == ["mqtt_listen"]:
-        # The board bridge loads only the apps it needs (fabomatic/settings.py): small enough for a Raspberry Pi.
-        os.environ.setdefault("FABOMATIC_PROCESS", "bridge")
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

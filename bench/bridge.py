@@ -271,7 +271,7 @@ def start_bridge(env: dict[str, str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "manage.py", "mqtt_listen", "--housekeeping", "60"],
             cwd=ROOT,
-            env=env,
+            env={"FABOMATIC_PROCESS": "bridge", **env},  # the bridge's apps only, as deployed; --bridge-env wins
             stdout=subprocess.DEVNULL,
             stderr=err,
         )

@@ -101,8 +101,11 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
-# The board bridge (manage.py mqtt_listen sets FABOMATIC_PROCESS=bridge) needs only the models: without the portal's
-# apps (daphne/twisted, admin, import_export, axes...) it stays under 80 MB RSS, small enough for a Raspberry Pi.
+# FABOMATIC_PROCESS=bridge, set in the environment of the board bridge by what starts it (Procfile,
+# deploy/systemd/fabomatic-bridge.service, the tests' and benchmarks' spawners), loads only the apps the bridge uses:
+# without the portal's (daphne/twisted, admin, import_export, axes...) it stays under 80 MB RSS, small enough for a
+# Raspberry Pi. Unset, every app is loaded: `manage.py mqtt_listen` run by hand works the same, only bigger. It is set
+# per process, so never in .env (every process reads that file).
 FABOMATIC_PROCESS = os.environ.get("FABOMATIC_PROCESS", "")
 if FABOMATIC_PROCESS == "bridge":
     INSTALLED_APPS = [
@@ -315,6 +318,8 @@ CONTENT_SECURITY_POLICY = {
 # process (web, mqtt_listen, purge, ...), so no two processes ever rotate the same file; the System page shows
 # their last lines. LOG_DIR= (empty) turns the files off; tests never write them.
 LOG_DIR = env.str("LOG_DIR", default=str(DATA_DIR / "log"))
+# Each file is named after what the process runs (<command>.log for manage.py <command>, else web.log: daphne), as
+# syslog tags lines with the program's name. The only use of the command line here: it names a file, switches nothing.
 _argv = [os.path.basename(a) for a in sys.argv[:2]]
 _process = _argv[1] if _argv and _argv[0] == "manage.py" and len(_argv) > 1 else "web"
 _log_handlers = ["console"]

@@ -95,7 +95,10 @@ def daphne(env: dict[str, str]) -> Iterator[Daphne]:
 @contextmanager
 def bridge(env: dict[str, str]) -> Iterator[Process]:
     """The real board bridge, ``manage.py mqtt_listen``."""
-    process, log = _spawn([sys.executable, "manage.py", "mqtt_listen"], env, "bridge")
+    # As the Procfile and the systemd unit start it: only the bridge's apps.
+    process, log = _spawn(
+        [sys.executable, "manage.py", "mqtt_listen"], {**env, "FABOMATIC_PROCESS": "bridge"}, "bridge"
+    )
     running = Process(process=process, log=log)
     try:
         yield running

@@ -73,6 +73,7 @@ def spawn_bridge(broker: Broker, name: str, **env: str) -> subprocess.Popen:
         "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
         "MQTT_BROKER_URL": broker.url,
         "MQTT_CLIENT_ID": f"{name}-{uuid.uuid4().hex[:8]}",
+        "FABOMATIC_PROCESS": "bridge",  # as the Procfile and the systemd unit start it: only the bridge's apps
         **env,
     }
     return subprocess.Popen(

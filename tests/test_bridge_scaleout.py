@@ -121,7 +121,7 @@ def test_two_bridges_answer_every_request_exactly_once(postgres: str, broker: Br
         subprocess.Popen(
             [*manage, "mqtt_listen", "--client-id", f"scale-{n}-{tag}"],
             cwd=ROOT,
-            env=env,
+            env={**env, "FABOMATIC_PROCESS": "bridge"},  # as deployed: only the bridge's apps
             stdout=subprocess.DEVNULL,
             stderr=log,
         )

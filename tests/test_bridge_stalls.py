@@ -158,7 +158,11 @@ class BridgeProcess:
     def __init__(self, env: dict[str, str]) -> None:
         self.log: IO[bytes] = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "mqtt_listen"], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+            [sys.executable, "manage.py", "mqtt_listen"],
+            cwd=ROOT,
+            env={**env, "FABOMATIC_PROCESS": "bridge"},  # as deployed: only the bridge's apps
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     def output(self) -> str:
