@@ -1,8 +1,12 @@
 """Benchmark of the board bridge: simulated boards → real Mosquitto → ``manage.py mqtt_listen`` → SQLite / PostgreSQL.
 
-    .venv/bin/python -m bench.bridge [--quick] [--only synthetic|imported] [--boards 1000] [--duration 60]
-        [--closed 15] [--history 1000000] [--imported-uses 200000] [--no-redis]
-        [--pg-setting NAME=VALUE ...] [--pg-statements] [--bridge-env NAME=VALUE ...]
+    .venv/bin/python -m bench.bridge [--quick] [--only synthetic|imported|postgresql] [--no-fleet] [--boards 1000]
+        [--duration 60] [--closed 15] [--history 1000000] [--imported-uses 200000] [--no-redis]
+        [--pg-setting NAME=VALUE ...] [--pg-socket] [--pg-statements [--pg-waits]] [--bridge-env NAME=VALUE ...]
+
+The last four are for profiling PostgreSQL: server settings of the throwaway cluster, the bridge on the unix
+socket instead of TCP, pg_stat_statements around (a) (statements and round trips per reply), and the bridge's
+environment (e.g. BRIDGE_WORKERS=1, or DJANGO_SETTINGS_MODULE=bench.settings_db with BENCH_DB for connection options).
 
 Starts its own Mosquitto (deploy/mosquitto/dev.conf: set_tcp_nodelay), its own Redis (the dashboard's channel layer,
 as deployed) and one ``mqtt_listen`` process per database, then measures on each:
@@ -233,6 +237,28 @@ report = out.getvalue()
 print(json.dumps({"migrate": t1 - t0, "import": t2 - t1, "analyze": time.perf_counter() - t2,
                   "uses": Use.objects.count(), "done": report.strip().splitlines()[-1],
                   "warnings": sum(1 for line in report.splitlines() if line.startswith("  - "))}))
+"""
+
+
+WAITS = r"""
+import collections, json, sys, time
+import psycopg
+url, seconds = sys.argv[1], float(sys.argv[2])
+counts = collections.Counter()
+samples = 0
+with psycopg.connect(url, autocommit=True) as db:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        samples += 1
+        for state, wtype, wevent, query in db.execute(
+            "SELECT state, wait_event_type, wait_event, query FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        ):
+            what = "idle: waiting for the bridge" if state == "idle" else (
+                f"{state}: {wtype or 'CPU'}:{wevent or '-'}  " + " ".join((query or "").split())[:60])
+            counts[what] += 1
+        time.sleep(0.005)
+print(json.dumps({"samples": samples, "counts": counts.most_common(20)}))
 """
 
 
@@ -508,18 +534,31 @@ class Bench:
         self.check(f"{engine} bridge peak RSS {peak:.0f} MB < {RSS_LIMIT_MB} MB", peak < RSS_LIMIT_MB)
         self.check(f"{engine} bridge exits cleanly on SIGTERM (exit code {proc.returncode})", proc.returncode == 0)
 
-    def loads(self, engine: str, dataset: str, procs: Procs, seed_value: int) -> tuple[Result, Result]:
+    def loads(self, engine: str, dataset: str, procs: Procs, seed_value: int, statements: str = "") -> Result:
+        """single, (a) and (b) (unless --no-fleet); returns (a). ``statements``: a database whose
+        pg_stat_statements is reset before (a) and printed after it."""
         opts = self.args
         label = f"[{engine}, {dataset}]"
         r, la = run_load(f"single board {label}", lambda: single(self.broker.port, opts.single), procs)
         self.rows.append(Row(engine, dataset, "single board", r, la))
+        waits = None
+        if statements:
+            reset_statements(statements)
+            if opts.pg_waits:
+                waits = step(WAITS, statements, str(opts.closed), env=dict(os.environ))
         a, la = run_load(
             f"(a) 20 boards closed loop {label}",
             lambda: closed_loop(self.broker.port, 20, opts.closed, first_machine=1),
             procs,
         )
+        if statements:
+            print_statements(statements, len(a.latencies))
+        if waits is not None:
+            print_waits(json.loads(finish(waits, "pg_stat_activity sampler")))
         ok_a = a.rate >= 1000 and a.pct(99) < 50 and a.timeouts == 0 and a.undecided == 0
         self.rows.append(Row(engine, dataset, "(a) 20 boards closed loop", a, la, "≥ 1,000/s, p99 < 50 ms", ok_a))
+        if opts.no_fleet:
+            return a
         b, la = run_load(
             f"(b) {opts.boards} boards cadence {label}",
             lambda: fleet(self.broker.port, opts.boards, opts.duration, seed_value=seed_value),
@@ -529,7 +568,7 @@ class Bench:
         self.rows.append(
             Row(engine, dataset, f"(b) {opts.boards} boards cadence", b, la, "0 timeouts, p99 < 100", ok_b)
         )
-        return a, b
+        return a
 
     # --- datasets ---
 
@@ -540,11 +579,11 @@ class Bench:
         finish(step(SEED, str(MACHINES), str(MEMBERS), env=env), "seeding")
         print(f"seeded {MACHINES} machines, {MEMBERS} members in {time.perf_counter() - t:.1f} s", flush=True)
         with self.bridge("SQLite", f"sqlite:///{db}") as procs:
-            a0, _ = self.loads("SQLite", "synthetic, empty history", procs, seed_value=0)
+            a0 = self.loads("SQLite", "synthetic, empty history", procs, seed_value=0)
             n = self.args.history
             took = float(finish(step(HISTORY, str(n), str(MEMBERS), str(MACHINES), env=env), "history"))
             print(f"inserted {n:,} uses in {took:.1f} s", flush=True)
-            a1, _ = self.loads("SQLite", f"synthetic, {n:,} uses", procs, seed_value=n)
+            a1 = self.loads("SQLite", f"synthetic, {n:,} uses", procs, seed_value=n)
         self.check(
             f"SQLite (a) throughput with {n:,} uses within 10 % of the empty history's ({a1.rate / a0.rate:.2f})",
             a1.rate >= 0.9 * a0.rate,
@@ -561,7 +600,9 @@ class Bench:
             f"{counts['uses']:,} uses, {counts['interventions']:,} interventions in {time.perf_counter() - t:.1f} s",
             flush=True,
         )
-        targets: dict[str, str] = {"SQLite": f"sqlite:///{self.tmp / 'imported.sqlite3'}"}
+        targets: dict[str, str] = {}
+        if self.args.only != "postgresql":
+            targets["SQLite"] = f"sqlite:///{self.tmp / 'imported.sqlite3'}"
         postmaster: int | None = None
         settings = dict(s.split("=", 1) for s in self.args.pg_setting)
         if self.args.pg_statements:
@@ -574,10 +615,14 @@ class Bench:
             self.check(f"PostgreSQL measured ({exc})", False)
         else:
             stack.callback(cluster.stop)
-            targets["PostgreSQL"] = cluster.create_database("fabomatic")
+            cluster.create_database("fabomatic")
+            targets["PostgreSQL"] = cluster.socket_url("fabomatic") if self.args.pg_socket else cluster.url("fabomatic")
             postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
             shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "stock settings"
-            print(f"PostgreSQL {cluster.bin.parent.name}: throwaway cluster on port {cluster.port} ({shown})")
+            via = "unix socket" if self.args.pg_socket else "TCP 127.0.0.1"
+            print(
+                f"PostgreSQL {cluster.bin.parent.name}: throwaway cluster on port {cluster.port} ({shown}), via {via}"
+            )
         # Both imports at once (they are set-up, not measured): ~half the wall time on two cores.
         t = time.perf_counter()
         procs = {engine: step(IMPORT, str(old), env=self.env(url)) for engine, url in targets.items()}
@@ -593,34 +638,55 @@ class Bench:
             )
             self.check(f"{engine}: the import brought all {n:,} uses over", report["uses"] == n)
         for engine, url in targets.items():
-            with self.bridge(engine, url, postmaster if engine == "PostgreSQL" else None) as procs_:
-                self.loads(engine, dataset, procs_, seed_value=n)
-            if engine == "PostgreSQL" and self.args.pg_statements:
-                print_statements(url)
+            pg = engine == "PostgreSQL"
+            with self.bridge(engine, url, postmaster if pg else None) as procs_:
+                self.loads(
+                    engine, dataset, procs_, seed_value=n, statements=url if pg and self.args.pg_statements else ""
+                )
 
 
-def print_statements(url: str, top: int = 15) -> None:
-    """The bridge's statements by total time (pg_stat_statements), for the profile."""
+def _statements(url: str, sql: str, params: list | None = None) -> list[tuple]:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        rows = db.execute(
-            "SELECT calls, total_exec_time, mean_exec_time, rows, query FROM pg_stat_statements "
-            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "ORDER BY total_exec_time DESC LIMIT %s",
-            [top],
-        ).fetchall()
-        total = db.execute(
-            "SELECT sum(calls), sum(total_exec_time) FROM pg_stat_statements "
-            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        ).fetchone()
-    print(f"pg_stat_statements (whole run, imports included): {total[0]:,} statements, {total[1] / 1000:.1f} s")
-    for calls, total_ms, mean_ms, nrows, query in rows:
+        return db.execute(sql, params).fetchall()
+
+
+def reset_statements(url: str) -> None:
+    _statements(url, "SELECT pg_stat_statements_reset()")
+
+
+def print_statements(url: str, replies: int, top: int = 25) -> None:
+    """The statements since the reset, most frequent first (pg_stat_statements), and the round trips per reply:
+    top-level statements only (the foreign-key checks run inside the server, nested)."""
+    this_db = "dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    rows = _statements(
+        url,
+        "SELECT toplevel, calls, total_exec_time, mean_exec_time, rows, query FROM pg_stat_statements "
+        f"WHERE {this_db} ORDER BY calls DESC LIMIT %s",
+        [top],
+    )
+    calls, total = _statements(
+        url, f"SELECT sum(calls), sum(total_exec_time) FROM pg_stat_statements WHERE {this_db} AND toplevel"
+    )[0]
+    print(
+        f"pg_stat_statements during (a): {calls:,} statements sent for {replies:,} replies "
+        f"({calls / max(replies, 1):.2f} round trips per reply), {total / 1000:.2f} s executing in all"
+    )
+    for toplevel, n, total_ms, mean_ms, nrows, query in rows:
         print(
-            f"  {calls:>8} calls {total_ms / 1000:7.2f} s {mean_ms:7.3f} ms/call {nrows:>8} rows  "
-            + " ".join(query.split())[:110]
+            f"  {n:>8} calls {n / max(replies, 1):5.2f}/reply {total_ms / 1000:6.2f} s {mean_ms:6.3f} ms/call "
+            f"{nrows:>7} rows  {'' if toplevel else '(nested) '}" + " ".join(query.split())[:100]
         )
+
+
+def print_waits(report: dict) -> None:
+    """What the bridge's server backends were doing during (a), sampled from pg_stat_activity every ~5 ms."""
+    samples = report["samples"]
+    print(f"pg_stat_activity during (a), {samples} samples: backends per sample in each state")
+    for what, n in report["counts"]:
+        print(f"  {n / samples:6.2f}  {what}")
 
 
 def print_table(rows: list[Row], checks: list[tuple[str, bool]]) -> bool:
@@ -651,7 +717,11 @@ def print_table(rows: list[Row], checks: list[tuple[str, bool]]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs, smaller histories (a smoke test)")
-    parser.add_argument("--only", choices=["synthetic", "imported"], help="one dataset only")
+    parser.add_argument(
+        "--only", choices=["synthetic", "imported", "postgresql"], help="one dataset only (postgresql: imported lab)"
+    )
+    parser.add_argument("--no-fleet", action="store_true", help="single and (a) only, no (b)")
+    parser.add_argument("--pg-socket", action="store_true", help="the bridge reaches PostgreSQL by its unix socket")
     parser.add_argument("--boards", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (b)")
     parser.add_argument("--closed", type=float, default=15.0, help="seconds of load (a)")
@@ -668,6 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pg-statements", action="store_true", help="load pg_stat_statements and print the top statements"
+    )
+    parser.add_argument(
+        "--pg-waits", action="store_true", help="with --pg-statements: sample pg_stat_activity during (a)"
     )
     parser.add_argument(
         "--bridge-env", action="append", default=[], metavar="NAME=VALUE", help="environment of the bridge processes"
@@ -692,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.only in (None, "synthetic"):
                 bench.synthetic()
-            if args.only in (None, "imported"):
+            if args.only in (None, "imported", "postgresql"):
                 bench.imported(stack)
         except Exception as exc:  # a failed step is a missed target, and the table shows what was measured
             import traceback

@@ -75,7 +75,7 @@ class Cluster:
 
     def socket_url(self, database: str = "postgres") -> str:
         """A DATABASE_URL over the unix socket."""
-        return f"postgres://postgres@%2F{str(self.dir).strip('/').replace('/', '%2F')}:{self.port}/{database}"
+        return f"postgres://postgres@/{database}?host={self.dir}&port={self.port}"
 
     def run(self, *cmd: str) -> str:
         done = subprocess.run([*self.prefix, *cmd], capture_output=True, text=True, stdin=subprocess.DEVNULL)
