@@ -56,8 +56,8 @@ from .common import ROOT, django_env
 
 sys.path.insert(0, str(ROOT))
 
-from tests import pgserver  # noqa: E402  (the tests' throwaway servers, same config)
-from tests.services import Broker, mosquitto, redis_server  # noqa: E402
+from tests import pgserver  # the tests' throwaway servers, same config
+from tests.services import Broker, mosquitto, redis_server
 
 TIMEOUT = 2.0
 MACHINES = 1000

@@ -269,7 +269,7 @@ IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT = True
 IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"
 # Excel only: no CSV (formula-injection prone, encoding trouble) and no format list to choose from.
 if FABOMATIC_PROCESS != "bridge":  # the bridge does not load import_export (and its tablib/openpyxl)
-    from import_export.formats.base_formats import XLSX  # noqa: E402 - settings only read at request time
+    from import_export.formats.base_formats import XLSX  # settings only read at request time
 
     IMPORT_EXPORT_FORMATS = [XLSX]
     EXPORT_FORMATS = [XLSX]
