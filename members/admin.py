@@ -7,8 +7,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.admin import UserAdmin
-from django.db import transaction
-from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -21,20 +20,14 @@ from fabomatic.admin import ExcelExportMixin, InUseDeleteMixin, badge, format_se
 from machines import charts
 from machines.models import Authorization, Use
 
-from .forms import BulkAuthorizationForm, CardForm, MemberAddForm, MemberChangeForm, StaffPasswordResetForm
-from .models import Card, Member, Role, UnknownCard, normalize_uid
-from .password_reset import link_options
+from . import services
+from .forms import BulkAuthorizationForm, CardForm, MemberAddForm, MemberChangeForm
+from .gdpr import erase_member
+from .models import ANONYMOUS_ROLE, DEFAULT_ROLE, Card, Member, Role, UnknownCard, normalize_uid
 from .resources import MemberResource
 
 RECENT_USES = 20
 UNKNOWN_CARDS_SHOWN = 20
-
-
-def erase(member: Member) -> None:
-    """Deleting a member in the portal is a GDPR erasure: history stays, anonymised (members/gdpr.py)."""
-    from members.gdpr import erase_member
-
-    erase_member(member)
 
 
 # --- Roles ------------------------------------------------------------------------------------
@@ -140,7 +133,7 @@ class StatusFilter(admin.SimpleListFilter):
             return queryset
         if value == "erased":
             return queryset.filter(deleted_at__isnull=False)
-        queryset = queryset.filter(deleted_at__isnull=True).exclude(role__name="Anonymous", is_active=False)
+        queryset = queryset.filter(deleted_at__isnull=True).exclude(role__name=ANONYMOUS_ROLE, is_active=False)
         if value == "enabled":
             return queryset.filter(disabled=False)
         if value == "disabled":
@@ -269,21 +262,12 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
 
     @staticmethod
     def unknown_cards() -> list[dict[str, Any]]:
-        """The latest unknown UIDs, newest first: one row per UID with its last machine and swipe count."""
-        latest = UnknownCard.objects.filter(uid=OuterRef("uid")).order_by("-seen_at")
-        rows = (
-            UnknownCard.objects.exclude(uid__in=Card.objects.values("uid"))
-            .order_by()
-            .values("uid")
-            .annotate(
-                last_seen=Max("seen_at"),
-                swipes=Count("id"),
-                machine=Subquery(latest.values("machine__name")[:1]),
-            )
-            .order_by("-last_seen")[:UNKNOWN_CARDS_SHOWN]
-        )
+        """The latest unknown UIDs, newest first, each with the link that registers it as a new member's card."""
         add_url = reverse("admin:members_member_add")
-        return [dict(row, register_url=f"{add_url}?{urlencode({'card': row['uid']})}") for row in rows]
+        return [
+            dict(row, register_url=f"{add_url}?{urlencode({'card': row['uid']})}")
+            for row in services.unregistered_cards(limit=UNKNOWN_CARDS_SHOWN)
+        ]
 
     # --- add / change -------------------------------------------------------------------------
 
@@ -297,7 +281,7 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         initial = super().get_changeform_initial_data(request)
         if "role" not in initial:  # most new members are plain card holders
-            default = Role.objects.filter(name="Fab Users").values_list("pk", flat=True).first()
+            default = Role.objects.filter(name=DEFAULT_ROLE).values_list("pk", flat=True).first()
             if default:
                 initial["role"] = default
         return initial
@@ -310,8 +294,7 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
-        uids = list(form.instance.cards.values_list("uid", flat=True))
-        cleared, _detail = UnknownCard.objects.filter(uid__in=uids).delete()
+        cleared = services.clear_unknown_cards(uids=form.instance.cards.values_list("uid", flat=True))
         if cleared:
             self.message_user(
                 request,
@@ -349,7 +332,7 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
     # --- erasure --------------------------------------------------------------------------------
 
     def has_delete_permission(self, request: HttpRequest, obj: Member | None = None) -> bool:
-        if obj is not None and (obj.pk == request.user.pk or obj.deleted_at is not None):
+        if obj is not None and not services.may_erase(obj, by=request.user):
             return False
         return super().has_delete_permission(request, obj)
 
@@ -360,12 +343,10 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
         return [str(m) for m in members], {self.opts.verbose_name_plural: len(members)}, perms_needed, []
 
     def delete_model(self, request: HttpRequest, obj: Member) -> None:
-        erase(obj)
+        erase_member(obj)  # deleting a member in the portal is a GDPR erasure: history stays, anonymised
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Member]) -> None:
-        anonymous = Member.objects.anonymous()
-        for member in queryset.filter(deleted_at__isnull=True).exclude(pk__in=[anonymous.pk, request.user.pk]):
-            erase(member)
+        services.erase_members(queryset, by=request.user)
 
     # --- actions --------------------------------------------------------------------------------
 
@@ -375,22 +356,15 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
         form = BulkAuthorizationForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
             machines = list(form.cleaned_data["machines"])
-            with transaction.atomic():
-                if form.cleaned_data["operation"] == BulkAuthorizationForm.GRANT:
-                    created = Authorization.objects.bulk_create(
-                        [Authorization(member=m, machine=mc) for m in members for mc in machines],
-                        ignore_conflicts=True,
-                    )
-                    existing = len(members) * len(machines) - len(created)
-                    text = _("Access to %(machines)d machine(s) granted to %(members)d member(s).") % {
-                        "machines": len(machines),
-                        "members": len(members),
-                    }
-                    if existing and created:
-                        text += " " + _("Existing authorizations were kept.")
-                else:
-                    deleted, _detail = Authorization.objects.filter(member__in=members, machine__in=machines).delete()
-                    text = _("%(count)d authorization(s) revoked.") % {"count": deleted}
+            if form.cleaned_data["operation"] == BulkAuthorizationForm.GRANT:
+                services.grant_authorizations(members=members, machines=machines)
+                text = _("Access to %(machines)d machine(s) granted to %(members)d member(s).") % {
+                    "machines": len(machines),
+                    "members": len(members),
+                }
+            else:
+                deleted = services.revoke_authorizations(members=members, machines=machines)
+                text = _("%(count)d authorization(s) revoked.") % {"count": deleted}
             self.message_user(request, text, messages.SUCCESS)
             return None
         context = {
@@ -407,12 +381,7 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
 
     @admin.action(description=gettext_lazy("Send a password e-mail (portal users)"), permissions=["change"])
     def send_password_email(self, request: HttpRequest, queryset: QuerySet[Member]) -> None:
-        sent = 0
-        for member in queryset.filter(is_staff=True, is_active=True, email__isnull=False):
-            form = StaffPasswordResetForm({"email": member.email})
-            if form.is_valid():
-                form.save(**link_options())  # the link points to PUBLIC_URL, never to the request's host
-                sent += 1
+        sent = services.send_password_emails(queryset)  # links point to PUBLIC_URL, never to the request's host
         self.message_user(
             request,
             ngettext(
@@ -447,7 +416,7 @@ class CardAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Card, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        UnknownCard.objects.filter(uid=obj.uid).delete()
+        services.clear_unknown_cards(uids=[obj.uid])
 
     # A card's entries are written on its member's history too, as the member page's card rows are: the member's
     # history shows them, and erasing the member finds the UID there (members/gdpr.py) after the card is gone.

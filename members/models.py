@@ -10,7 +10,14 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-ANONYMOUS_ROLE = "Anonymous"
+# The roles a new installation starts with (members/setup.py). The code refers to them only by these names.
+ADMIN_ROLE = "admins"  # authorizes all, maintenance, portal administration
+STAFF_ROLE = "Fab Staff"  # maintenance
+DEFAULT_ROLE = "Fab Users"  # a new member's role unless another is chosen
+ANONYMOUS_ROLE = "Anonymous"  # reserved: the placeholder member that anonymised history points to
+
+# A card UID as stored and as boards send it (docs/protocol.md §1.3): 8 lower-case hex digits, or 14, the full form of
+# a 7-byte UID that cards may be registered with. The one definition: telemetry/protocol.py parses board UIDs with it.
 CARD_UID_RE = re.compile(r"^[0-9a-f]{8}([0-9a-f]{6})?$")
 
 
@@ -65,7 +72,7 @@ class MemberManager(BaseUserManager["Member"]):
     def _create(self, email: str | None, password: str | None, **extra: object) -> Member:
         email = self.normalize_email(email) if email else None
         if "role" not in extra and "role_id" not in extra:
-            extra["role"] = Role.objects.get_or_create(name="Fab Users")[0]
+            extra["role"] = Role.objects.get_or_create(name=DEFAULT_ROLE)[0]
         member = self.model(email=email, **extra)
         if password:
             member.set_password(password)
@@ -84,7 +91,7 @@ class MemberManager(BaseUserManager["Member"]):
         extra.setdefault("is_superuser", True)
         if "role" not in extra and "role_id" not in extra:
             extra["role"] = Role.objects.get_or_create(
-                name="admins", defaults={"authorize_all": True, "maintenance": True, "backend_admin": True}
+                name=ADMIN_ROLE, defaults={"authorize_all": True, "maintenance": True, "backend_admin": True}
             )[0]
         return self._create(email, password, **extra)
 

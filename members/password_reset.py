@@ -61,11 +61,16 @@ def link_options() -> dict[str, Any]:
     return {"domain_override": url.netloc, "use_https": url.scheme == "https"}
 
 
-def send_reset_mail(email: str) -> None:
-    """Mail a reset link to the member with this address, if they may have a portal password."""
+def send_reset_mail(email: str) -> bool:
+    """Mail a reset link to the member with this address, if they may have a portal password.
+
+    False when the address is not one (nothing is sent); True does not tell whether a member has it.
+    """
     form = StaffPasswordResetForm({"email": email})
-    if form.is_valid():
-        form.save(**link_options())
+    if not form.is_valid():
+        return False
+    form.save(**link_options())
+    return True
 
 
 # One worker: mails go out one at a time (the rate limits keep the queue short), and a slow SMTP server holds up

@@ -10,13 +10,13 @@ from django.db import transaction
 
 from machines.models import MachineType
 
-from .models import ANONYMOUS_ROLE, Member, Role
+from .models import ADMIN_ROLE, ANONYMOUS_ROLE, DEFAULT_ROLE, STAFF_ROLE, Member, Role
 
 DEFAULT_ROLES = [
     # name, authorize_all, maintenance, backend_admin, reserved
-    ("admins", True, True, True, True),
-    ("Fab Staff", False, True, False, False),
-    ("Fab Users", False, False, False, False),
+    (ADMIN_ROLE, True, True, True, True),
+    (STAFF_ROLE, False, True, False, False),
+    (DEFAULT_ROLE, False, False, False, False),
     (ANONYMOUS_ROLE, False, False, False, True),
 ]
 
@@ -50,6 +50,6 @@ def ensure_defaults() -> FirstAdmin | None:
         password=password,
         first_name="Admin",
         last_name="",
-        role=Role.objects.get(name="admins"),
+        role=Role.objects.get(name=ADMIN_ROLE),
     )
     return FirstAdmin(settings.DEFAULT_ADMIN_EMAIL, password)
