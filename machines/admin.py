@@ -36,6 +36,7 @@ from fabomatic.admin import (
 )
 from members.models import Member
 from telemetry.credentials import issue_board_credentials
+from telemetry.remote import RemoteCommandError, send_remote_command
 
 from . import charts, services
 from .dashboard import events
@@ -458,9 +459,6 @@ class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
 
     def remote_view(self, request: HttpRequest, machine_id: int, action: str) -> HttpResponse:
         """Remote start/stop (POST with CSRF only): the board acts as if the staff member swiped their card."""
-        # Imported here: the MQTT client is loaded only by the process that sends a command.
-        from telemetry.remote import RemoteCommandError, send_remote_command
-
         if request.method != "POST":  # a command with side effects is never a GET (the old portal's bug)
             return HttpResponseNotAllowed(["POST"])
         machine = self._machine_or_403(request, machine_id)

@@ -115,7 +115,7 @@ def maintenance_status(machine: Machine, plans: list[MaintenancePlan] | None = N
     if not due:
         return False, ""
     first = due[0]
-    return True, first.lcd_message or first.description[:16]
+    return True, first.short_label
 
 
 @transaction.atomic

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from members.models import CARD_UID_RE
+
 # The board's buffer is 300 bytes for fixed header + topic + payload; ~280 is the safe payload size (§1.1).
 MAX_REPLY_BYTES = 280
 # The board refuses to publish more than 292 bytes; anything much larger is not a board.
@@ -20,7 +22,7 @@ MAX_REQUEST_BYTES = 1024
 LCD_WIDTH = 16
 # A 16-bit machine id (§1.2).
 MAX_MACHINE_ID = 65535
-UID_RE = re.compile(r"^[0-9a-f]{8}([0-9a-f]{6})?$")
+UID_RE = CARD_UID_RE  # 8 or 14 lower-case hex digits (§1.3), the cards' own rule: one definition
 NO_CARD = "00000000"  # a stopuse after boot or after a remote stop on an idle machine (§4.1, S21)
 # Durations are untrusted: anything above this is kept at this value (and judged implausible by the bridge), so no
 # later arithmetic on it can overflow (Python's timedelta ends at 999,999,999 days, a database bigint at 2^63).

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from machines import services
-from machines.models import Use
+from machines.models import Machine, MaintenancePlan, Use
 from machines.services import Level, Refusal
-from members.models import Card, normalize_uid, validate_uid
+from members.models import CARD_UID_RE, Card, normalize_uid, validate_uid
+from telemetry import protocol as p
 
 
 def test_it_lets_authorize_all_in_everywhere_even_blocked(lab):
@@ -137,3 +139,47 @@ def test_card_uids_are_stored_normalised(lab, raw):
 def test_invalid_uids_are_rejected(raw):
     with pytest.raises(ValidationError):
         validate_uid(raw)
+
+
+def test_due_in_sql_agrees_with_is_due_for_every_meter_reading(lab):
+    """The admin's filters ask the database (MaintenancePlan.due_condition); the badges ask Python (is_due)."""
+    readings = [0.0, 5.0, 9.0, 9.999, 10.0, 10.001, 12.5, 30.0]
+    for done in (0.0, 2.5, 10.0, 40.0):  # 40: a meter set back below the last intervention
+        MaintenancePlan.objects.filter(pk=lab.plan.pk).update(done_at_hours=done)
+        for hours in readings:
+            Machine.objects.filter(pk=lab.laser.pk).update(hours=hours)
+            plan = MaintenancePlan.objects.select_related("machine").get(pk=lab.plan.pk)
+            by_plan = MaintenancePlan.objects.filter(MaintenancePlan.due_condition(F("machine__hours")))
+            by_machine = Machine.objects.filter(
+                Exists(
+                    MaintenancePlan.objects.filter(
+                        MaintenancePlan.due_condition(OuterRef("hours")), machine=OuterRef("pk")
+                    )
+                )
+            )
+            assert by_plan.filter(pk=plan.pk).exists() == plan.is_due(), (done, hours)
+            assert by_machine.filter(pk=lab.laser.pk).exists() == plan.is_due(), (done, hours)
+
+
+@pytest.mark.parametrize(
+    ("hours", "due", "soon"),
+    [(0, False, False), (9, False, False), (9.01, False, True), (10, False, True), (10.01, True, False)],
+)
+def test_a_plan_is_due_soon_with_less_than_a_tenth_of_its_interval_left(lab, hours, due, soon):
+    assert (lab.plan.is_due(hours), lab.plan.is_due_soon(hours)) == (due, soon)
+
+
+def test_a_plan_is_shown_by_its_lcd_message_or_the_start_of_its_description(lab):
+    assert lab.plan.short_label == "pulire lente"
+    lab.plan.lcd_message = ""
+    lab.plan.description = "Grease the spindle bearings"
+    assert lab.plan.short_label == "Grease the spind"  # the LCD's 16 characters
+
+
+@pytest.mark.parametrize(
+    ("uid", "valid"),
+    [("aabbccd1", True), ("aabbccd1223344", True), ("AABBCCD1", False), ("aabbccd12", False), ("aabbccd122", False)],
+)
+def test_boards_and_cards_share_one_uid_rule_8_or_14_lower_case_hex_digits(uid, valid):
+    assert p.UID_RE is CARD_UID_RE
+    assert bool(CARD_UID_RE.match(uid)) == valid
