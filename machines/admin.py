@@ -6,10 +6,8 @@ go through ``machines.services`` so the hour meter and the maintenance counters 
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import models
@@ -149,54 +147,55 @@ class UseStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
-class OnlineFilter(admin.SimpleListFilter):
+class ConditionFilter(admin.SimpleListFilter):
+    """Two choices: the rows that meet ``condition()`` (``meets``: parameter value, label) and the others."""
+
+    meets: tuple[str, str]
+    fails: tuple[str, str]
+
+    def condition(self) -> Q | Exists:
+        raise NotImplementedError
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [self.meets, self.fails]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == self.meets[0]:
+            return queryset.filter(self.condition())
+        if self.value() == self.fails[0]:
+            return queryset.exclude(self.condition())
+        return queryset
+
+
+class OnlineFilter(ConditionFilter):
     title = gettext_lazy("board")
     parameter_name = "online"
+    meets = ("yes", gettext_lazy("Online"))
+    fails = ("no", gettext_lazy("Offline"))
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", _("Online")), ("no", _("Offline"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Machine]) -> QuerySet[Machine]:
-        recent = Q(last_seen__gte=timezone.now() - timedelta(seconds=settings.ONLINE_SECONDS))
-        if self.value() == "yes":
-            return queryset.filter(recent)
-        if self.value() == "no":
-            return queryset.exclude(recent)
-        return queryset
+    def condition(self) -> Q:
+        return Q(last_seen__gte=Machine.online_since())
 
 
-class MaintenanceFilter(admin.SimpleListFilter):
+class MaintenanceFilter(ConditionFilter):
     title = gettext_lazy("maintenance")
     parameter_name = "maintenance"
+    meets = ("due", gettext_lazy("Overdue"))
+    fails = ("ok", gettext_lazy("Up to date"))
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("due", _("Overdue")), ("ok", _("Up to date"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Machine]) -> QuerySet[Machine]:
-        due = Exists(
-            MaintenancePlan.objects.filter(MaintenancePlan.due_condition(OuterRef("hours")), machine=OuterRef("pk"))
-        )
-        if self.value() == "due":
-            return queryset.filter(due)
-        if self.value() == "ok":
-            return queryset.exclude(due)
-        return queryset
+    def condition(self) -> Exists:
+        due = MaintenancePlan.due_condition(OuterRef("hours"))
+        return Exists(MaintenancePlan.objects.filter(due, machine=OuterRef("pk")))
 
 
-class PlanDueFilter(admin.SimpleListFilter):
+class PlanDueFilter(ConditionFilter):
     title = gettext_lazy("status")
     parameter_name = "due"
+    meets = ("yes", gettext_lazy("Overdue"))
+    fails = ("no", gettext_lazy("Up to date"))
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", _("Overdue")), ("no", _("Up to date"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[MaintenancePlan]) -> QuerySet[MaintenancePlan]:
-        due = MaintenancePlan.due_condition(F("machine__hours"))
-        if self.value() == "yes":
-            return queryset.filter(due)
-        if self.value() == "no":
-            return queryset.exclude(due)
-        return queryset
+    def condition(self) -> Q:
+        return MaintenancePlan.due_condition(F("machine__hours"))
 
 
 # --- machine types --------------------------------------------------------------------------------

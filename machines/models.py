@@ -73,11 +73,13 @@ class Machine(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @staticmethod
+    def online_since(now: datetime | None = None) -> datetime:
+        """A machine is online when its board was heard from after this moment (``settings.ONLINE_SECONDS`` ago)."""
+        return (now or timezone.now()) - timedelta(seconds=settings.ONLINE_SECONDS)
+
     def is_online(self, now: datetime | None = None) -> bool:
-        if self.last_seen is None:
-            return False
-        now = now or timezone.now()
-        return now - self.last_seen < timedelta(seconds=settings.ONLINE_SECONDS)
+        return self.last_seen is not None and self.last_seen > self.online_since(now)
 
 
 class Authorization(models.Model):

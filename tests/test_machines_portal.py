@@ -158,6 +158,22 @@ def test_the_machines_list_shows_overdue_maintenance(admin_client: Client, lab: 
     assert [m.pk for m in due.context["cl"].result_list] == [lab.laser.pk]
 
 
+def test_the_yes_no_filters_split_machines_and_plans(admin_client: Client, lab: Lab) -> None:
+    Machine.objects.filter(pk=lab.laser.pk).update(hours=12.5, last_seen=timezone.now())
+
+    def shown(model: str, **params: str) -> list[int]:
+        page = admin_client.get(reverse(f"admin:machines_{model}_changelist"), params)
+        return sorted(row.pk for row in page.context["cl"].result_list)
+
+    assert shown("machine", online="yes") == [lab.laser.pk]
+    assert shown("machine", online="no") == [lab.printer.pk]
+    assert shown("machine", maintenance="ok") == [lab.printer.pk]
+    assert shown("maintenanceplan", due="yes") == [lab.plan.pk]
+    assert shown("maintenanceplan", due="no") == []
+    page = admin_client.get(reverse("admin:machines_machine_changelist")).content.decode()
+    assert all(label in page for label in ("Online", "Offline", "Overdue", "Up to date"))
+
+
 def test_recording_an_intervention_from_the_machine_page_resets_the_plan(admin_client: Client, lab: Lab) -> None:
     Machine.objects.filter(pk=lab.laser.pk).update(hours=12.5)
     url = reverse("admin:machines_machine_record", args=[lab.laser.pk, lab.plan.pk])
