@@ -87,10 +87,8 @@ def unregistered_cards(*, limit: int) -> list[dict[str, Any]]:
 
 
 def send_password_emails(members: QuerySet[Member]) -> int:
-    """Mail a password link to each portal user among ``members`` (staff, active, with an address).
-
-    Returns how many mails were handed to the mail server.
-    """
+    """Mail a password link to each portal user among ``members`` (staff, active, with an address); returns how
+    many were mailed. Links point to ``PUBLIC_URL``, never to a request's host (``password_reset.link_options``)."""
     sent = 0
     for member in members.filter(is_staff=True, is_active=True, email__isnull=False):
         sent += send_reset_mail(member.email)
