@@ -6,7 +6,7 @@ go through ``machines.services`` so the hour meter and the maintenance counters 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -41,6 +41,9 @@ from .dashboard import events
 from .forms import InterventionAddForm, UseAddForm, UseCorrectForm
 from .models import Authorization, Intervention, Machine, MachineType, MaintenancePlan, Use
 from .resources import InterventionResource, MachineResource, UseResource
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 RECENT = 20
 
@@ -150,13 +153,13 @@ class UseStatusFilter(admin.SimpleListFilter):
 class ConditionFilter(admin.SimpleListFilter):
     """Two choices: the rows that meet ``condition()`` (``meets``: parameter value, label) and the others."""
 
-    meets: tuple[str, str]
-    fails: tuple[str, str]
+    meets: tuple[str, StrOrPromise]
+    fails: tuple[str, StrOrPromise]
 
     def condition(self) -> Q | Exists:
         raise NotImplementedError
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, StrOrPromise]]:
         return [self.meets, self.fails]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
