@@ -115,7 +115,8 @@ def build_summary(*, now: datetime | None = None, days: int = 7) -> Summary:
     cards = (
         UnknownCard.objects.filter(seen_at__gte=start, seen_at__lt=end)
         .values("uid")
-        .annotate(first=Min("seen_at"), last=Max("seen_at"), attempts=Count("pk"))
+        # One row per card and machine: its swipes are counted in the row (the first one may predate the week).
+        .annotate(first=Min("first_seen"), last=Max("seen_at"), attempts=Sum("count"))
         .order_by("first")
     )
     names: dict[str, set[str]] = {}
