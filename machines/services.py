@@ -239,6 +239,35 @@ def close_flagged(use: Use, *, ended_at: datetime, verdict: Implausible, reporte
     return use
 
 
+def record_flagged_use(
+    *, member: Member, machine_id: int, at: datetime, reported: int, verdict: Implausible, closed: bool, replay: bool
+) -> Use:
+    """A use whose reported duration cannot be true, recorded at ``at`` (open: someone is on the machine now; closed:
+    a session reported after the fact) with duration 0: on record and shown to staff, on the meter only once they
+    accept it."""
+    use = Use.objects.create(
+        member=member,
+        machine_id=machine_id,
+        started_at=at,
+        ended_at=at if closed else None,
+        duration=0 if closed else None,
+        last_seen=at,
+        replay=replay,
+        flag=verdict.flag,
+        reported_duration=reported,
+        plausible_max=verdict.plausible_max,
+    )
+    logger.warning(
+        "machine %s: use %s flagged, reported %s s (%s, plausible at most %s s)",
+        machine_id,
+        use.pk,
+        reported,
+        verdict.flag,
+        verdict.plausible_max,
+    )
+    return use
+
+
 def recount_machine(machine_id: int) -> None:
     """Re-derive the hour meter, the plans' counters and the interventions' readings from the history.
 

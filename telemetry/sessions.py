@@ -96,21 +96,14 @@ def in_use(machine_id: int, request: p.InUse, now: datetime) -> Outcome:
         Use.objects.create(member=member, machine_id=machine_id, started_at=start, last_seen=now)
         return Outcome(p.simple_reply(True, "inUse"), changed=True)
     # Someone is on the machine, but not since when the board says: opened now, flagged for staff.
-    use = Use.objects.create(
+    services.record_flagged_use(
         member=member,
         machine_id=machine_id,
-        started_at=now,
-        last_seen=now,
-        flag=verdict.flag,
-        reported_duration=request.duration,
-        plausible_max=verdict.plausible_max,
-    )
-    logger.warning(
-        "machine %s: inuse of %s s is implausible (%s): use %s opened flagged",
-        machine_id,
-        request.duration,
-        verdict.flag,
-        use.pk,
+        at=now,
+        reported=request.duration,
+        verdict=verdict,
+        closed=False,
+        replay=False,
     )
     return Outcome(p.simple_reply(True, "inUse"), changed=True, note="flagged")
 
@@ -197,25 +190,14 @@ def _record_session(machine_id: int, member: Member, request: p.StopUse, now: da
         if window is not None:
             verdict = services.Implausible(window.flag, max(0, window.plausible_max - placed))
     if verdict is not None:
-        use = Use.objects.create(
+        services.record_flagged_use(
             member=member,
             machine_id=machine_id,
-            started_at=now,
-            ended_at=now,
-            last_seen=now,
-            duration=0,
+            at=now,
+            reported=request.duration,
+            verdict=verdict,
+            closed=True,
             replay=request.replay,
-            flag=verdict.flag,
-            reported_duration=request.duration,
-            plausible_max=verdict.plausible_max,
-        )
-        logger.warning(
-            "machine %s: stopuse of %s s is implausible (%s, at most %s s): use %s flagged",
-            machine_id,
-            request.duration,
-            verdict.flag,
-            verdict.plausible_max,
-            use.pk,
         )
         return Outcome(None, changed=True, note="flagged")
     start = now - timedelta(seconds=request.duration)
