@@ -159,14 +159,16 @@ class DateRangeFilter(admin.FieldListFilter):
 
     def _date(self, name: str) -> date | None:
         value = self.used_parameters.get(name)
-        if isinstance(value, list):
+        if isinstance(value, list):  # what Django stores (the stubs say a single value)
             value = value[-1] if value else None
+        if not isinstance(value, str):
+            return None
         try:
             return parse_date(value) if value else None
         except ValueError:
             return None
 
-    def expected_parameters(self) -> list[str]:
+    def expected_parameters(self) -> list[str | None]:
         return [self.param_from, self.param_to]
 
     def has_output(self) -> bool:
@@ -181,7 +183,8 @@ class DateRangeFilter(admin.FieldListFilter):
             queryset = queryset.filter(**{f"{self.field_path}__lt": end})
         return queryset
 
-    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:
+    # The stubs type choices() as the stock filter template's items; this filter renders its own template.
+    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         keep = [
             (key, value)
             for key, values in changelist.params.items()

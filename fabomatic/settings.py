@@ -10,6 +10,7 @@ import secrets
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import environ
@@ -323,7 +324,7 @@ LOG_DIR = env.str("LOG_DIR", default=str(DATA_DIR / "log"))
 _argv = [os.path.basename(a) for a in sys.argv[:2]]
 _process = _argv[1] if _argv and _argv[0] == "manage.py" and len(_argv) > 1 else "web"
 _log_handlers = ["console"]
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},

@@ -34,7 +34,8 @@ class UseAddForm(forms.ModelForm):
         self.fields["ended_at"].required = True
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()  # a ModelForm's clean() returns self.cleaned_data
+        cleaned = self.cleaned_data
         _check_times(cleaned)
         return cleaned
 
@@ -47,7 +48,8 @@ class UseCorrectForm(forms.ModelForm):
         fields = ["started_at", "ended_at"]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()  # a ModelForm's clean() returns self.cleaned_data
+        cleaned = self.cleaned_data
         _check_times(cleaned)
         if self.instance.ended_at and not cleaned.get("ended_at") and "ended_at" not in self.errors:
             raise forms.ValidationError({"ended_at": _("A closed use cannot be reopened; delete it instead.")})

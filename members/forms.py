@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from django import forms
 from django.contrib.auth.forms import PasswordResetForm, UserChangeForm
@@ -63,6 +62,13 @@ class StaffPasswordResetForm(PasswordResetForm):
         return (m for m in members if m.has_usable_password() or m.is_staff)
 
 
+class _MachineChoiceField(forms.ModelMultipleChoiceField):
+    """Machines, each labelled with its type."""
+
+    def label_from_instance(self, obj: Machine) -> str:
+        return f"{obj.name} ({obj.type})"
+
+
 class BulkAuthorizationForm(forms.Form):
     GRANT = "grant"
     REVOKE = "revoke"
@@ -73,12 +79,8 @@ class BulkAuthorizationForm(forms.Form):
         widget=forms.RadioSelect,
         initial=GRANT,
     )
-    machines = forms.ModelMultipleChoiceField(
+    machines = _MachineChoiceField(
         label=_("Machines"),
         queryset=Machine.objects.select_related("type").order_by("name"),
         widget=forms.CheckboxSelectMultiple,
     )
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["machines"].label_from_instance = lambda m: f"{m.name} ({m.type})"

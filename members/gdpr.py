@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from django.conf import settings
 from django.contrib.admin.models import LogEntry
@@ -71,10 +71,23 @@ class PurgeResult:
         )
 
 
+class _BatchOptions(TypedDict):
+    """The keyword arguments of :func:`_batched` that every step of :func:`purge` shares."""
+
+    dry_run: bool
+    batch_size: int
+    on_progress: Progress | None
+
+
 def _axes_models() -> list[type[Model]]:
     from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 
     return [AccessAttempt, AccessFailureLog, AccessLog]
+
+
+def _delete_rows_of(model: type[Model]) -> Callable[[QuerySet], int]:
+    """A :func:`_batched` step that deletes the batch and counts the rows of ``model`` deleted."""
+    return lambda qs: qs.delete()[1].get(model._meta.label, 0)
 
 
 def _ids_as_text(qs: QuerySet) -> QuerySet:
@@ -175,7 +188,7 @@ def erase_member(member: Member, *, now: datetime | None = None) -> None:
         member.user_permissions.clear()
         if email:
             for model in _axes_models():
-                model.objects.filter(username__iexact=email).delete()
+                model._default_manager.filter(username__iexact=email).delete()
     logger.info("Erased member #%s", member.pk)
 
 
@@ -258,7 +271,7 @@ def purge(
     card_cutoff = now - timedelta(days=settings.UNKNOWN_CARD_RETENTION_DAYS)
     result = PurgeResult(dry_run=dry_run, cutoffs={"history": history_cutoff, "unknown_cards": card_cutoff})
     anonymous = Member.objects.anonymous()
-    common = {"dry_run": dry_run, "batch_size": batch_size, "on_progress": on_progress}
+    common: _BatchOptions = {"dry_run": dry_run, "batch_size": batch_size, "on_progress": on_progress}
 
     # Members first: erasing them moves their (possibly recent) history to the anonymous member too.
     members = list(
@@ -304,8 +317,8 @@ def purge(
     # Login records of django-axes carry e-mail addresses and IPs: same retention as the history.
     for model in _axes_models():
         result.login_records += _batched(
-            model.objects.filter(attempt_time__lt=history_cutoff),
-            lambda qs, model=model: qs.delete()[1].get(model._meta.label, 0),
+            model._default_manager.filter(attempt_time__lt=history_cutoff),
+            _delete_rows_of(model),
             step="login records",
             **common,
         )

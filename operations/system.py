@@ -28,7 +28,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.cache import cache as django_cache
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -165,8 +165,7 @@ def system_view(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied
     boards = list(Board.objects.select_related("machine").order_by("machine_id"))
     online_after = timezone.now() - timedelta(seconds=settings.ONLINE_SECONDS)
-    for board in boards:
-        board.online = board.last_seen is not None and board.last_seen >= online_after
+    online = {board.pk for board in boards if board.last_seen is not None and board.last_seen >= online_after}
     machines = list(Machine.objects.select_related("board_credential").order_by("pk"))
     context = {
         **admin.site.each_context(request),
@@ -179,6 +178,7 @@ def system_view(request: HttpRequest) -> HttpResponse:
             "backup_available": backup.is_sqlite() or backup.pg_dump_available(),
         },
         "boards": boards,
+        "online_boards": online,
         "machines": machines,
         "bridges": bridge_stats(),
         "broker": f"{settings.MQTT['HOST']}:{settings.MQTT['PORT']}",
@@ -189,7 +189,7 @@ def system_view(request: HttpRequest) -> HttpResponse:
     return TemplateResponse(request, "admin/system.html", context)
 
 
-def backup_view(request: HttpRequest) -> HttpResponse:
+def backup_view(request: HttpRequest) -> HttpResponseBase:
     """Download a consistent copy of the database (administrators only: it holds everyone's data)."""
     if not _may_administer(request):
         raise PermissionDenied

@@ -18,7 +18,7 @@ class BoardAdmin(admin.ModelAdmin):
     list_select_related = ["machine"]
     list_filter = ["firmware"]
     search_fields = ["serial", "ip_address", "firmware", "machine__name"]
-    readonly_fields = ["machine", "serial", "ip_address", "firmware", "free_heap", "last_seen"]
+    readonly_fields = ("machine", "serial", "ip_address", "firmware", "free_heap", "last_seen")
     fields = readonly_fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -207,7 +207,8 @@ def _fast_alive(machine_id: int, request: p.Alive, now: datetime) -> Outcome | N
     return Outcome(None)
 
 
-FAST = {
+# Keyed by request class: each function takes the request of its key's class (hence Any in the value type).
+FAST: dict[type[p.Request], Callable[[int, Any, datetime], Outcome | None]] = {
     p.CheckMachine: _fast_check_machine,
     p.CheckUser: _fast_check_user,
     p.InUse: _fast_in_use,

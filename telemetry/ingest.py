@@ -12,7 +12,9 @@ actions (``checkmachine``, ``checkuser``, ``maintenance``, ``alive``, ``synccach
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
@@ -208,7 +210,8 @@ def _sync_cache(machine_id: int, request: p.SyncCache) -> p.Reply:
     return p.cards_reply(entries, offset=request.offset, more=more)
 
 
-_HANDLERS = {
+# Keyed by request class: each handler takes the request of its key's class (hence Any in the value type).
+_HANDLERS: dict[type[p.Request], Callable[[int, Any, datetime], Outcome]] = {
     p.CheckMachine: _check_machine,
     p.CheckUser: _check_user,
     p.StartUse: start_use,

@@ -75,7 +75,7 @@ def _open_uses_to_close(run: Run, present: set[int]) -> set[int]:
 
 def uses(run: Run) -> None:
     t = run.tally("Uses")
-    present = set(Use.objects.filter(legacy_id__isnull=False).values_list("legacy_id", flat=True))
+    present = set(run.legacy_map(Use))
     close_at_last_seen = _open_uses_to_close(run, present)
     orphans = negative = 0
     batch: list[Use] = []

@@ -75,6 +75,7 @@ def members(run: Run) -> None:
         emails={
             e.lower(): (pk, legacy)
             for pk, e, legacy in Member.objects.filter(email__isnull=False).values_list("pk", "email", "legacy_id")
+            if e is not None  # never None (the filter): narrows the type
         },
     )
     sql = (

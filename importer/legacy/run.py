@@ -42,7 +42,7 @@ class ImportReport:
     tallies: dict[str, Tally] = field(default_factory=lambda: {name: Tally() for name in MODELS})
     warnings: list[str] = field(default_factory=list)
     # Imported portal users (old role with backend_admin): they have no usable password yet.
-    staff_without_password: list[str] = field(default_factory=list)
+    staff_without_password: list[str | None] = field(default_factory=list)  # e-mails (nullable column)
 
     @property
     def created(self) -> int:

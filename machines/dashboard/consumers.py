@@ -44,9 +44,9 @@ def _snapshot() -> dict[str, Any]:
 class _Read:
     """One snapshot read, shared by the sockets that joined the group before it began."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.began: float | None = None  # set on the database thread when the read begins
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[dict[str, Any]] = loop.create_task(database_sync_to_async(self.run)())
 
     def run(self) -> dict[str, Any]:
         self.began = time.monotonic()
@@ -67,8 +67,7 @@ async def snapshot(joined_at: float) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     read = _latest.get(loop)
     if read is None or (read.began is not None and read.began < joined_at):
-        read = _Read()
-        read.task = loop.create_task(database_sync_to_async(read.run)())
+        read = _Read(loop)
         _latest[loop] = read
     return await asyncio.shield(read.task)
 

@@ -27,7 +27,7 @@ class Command(BaseCommand):
             mail = reports.render(reports.build_summary(), language)
             people = reports.recipients()
             self.stdout.write(f"Subject: {mail.subject}")
-            self.stdout.write(f"To ({len(people)}): {', '.join(m.email for m in people) or '-'}")
+            self.stdout.write(f"To ({len(people)}): {', '.join(m.email or '' for m in people) or '-'}")
             self.stdout.write("")
             self.stdout.write(mail.text)
             if opts["html"]:
