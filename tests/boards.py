@@ -7,12 +7,27 @@ import json
 import queue
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import paho.mqtt.client as mqtt
 
+if TYPE_CHECKING:
+    from paho.mqtt.client import SocketLike  # defined for type checkers only
+
 REPLY_TIMEOUT = 2.0  # the board's own timeout (docs/protocol.md §3.2)
 _ids = itertools.count(1)
+
+
+def reconnect_delay(client: mqtt.Client, min_delay: float, max_delay: float) -> None:
+    """``client.reconnect_delay_set`` with the sub-second delays the tests use."""
+    # paho annotates the delays as int, but only doubles them, caps them and adds them to time.monotonic().
+    client.reconnect_delay_set(min_delay, max_delay)  # type: ignore[arg-type]
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
+    """No Nagle delay on the board's socket: each small request leaves at once."""
+    # paho's SocketLike protocol lists only what paho calls; over TCP the socket is a socket.socket.
+    cast(socket.socket, sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class SimBoard:
@@ -25,11 +40,11 @@ class SimBoard:
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"BOARD{next(_ids)}-{id(self)}", clean_session=True
         )
-        self.client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.on_socket_open = _no_delay
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._ready.set()
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.2, 1)
+        reconnect_delay(self.client, 0.2, 1)
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
         if not self._ready.wait(5):

@@ -11,8 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .services import ROOT, free_port, wait_for_port
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -107,7 +111,7 @@ def bridge(env: dict[str, str]) -> Iterator[Process]:
 
 
 @contextmanager
-def chromium() -> Iterator[object]:
+def chromium() -> Iterator[Browser]:
     """Playwright's Chromium driver on Debian's browser binary."""
     from playwright.sync_api import sync_playwright
 
@@ -119,7 +123,7 @@ def chromium() -> Iterator[object]:
             browser.close()
 
 
-def log_in(page: object, base_url: str, email: str, password: str) -> None:
+def log_in(page: Page, base_url: str, email: str, password: str) -> None:
     """Through the real login form, as a person would."""
     page.goto(f"{base_url}/admin/login/?next=/admin/")
     page.fill("#id_username", email)
@@ -128,7 +132,7 @@ def log_in(page: object, base_url: str, email: str, password: str) -> None:
     page.wait_for_url(f"{base_url}/admin/")
 
 
-def screenshot(page: object, name: str) -> Path:
+def screenshot(page: Page, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pytest_django import Settings
 
 from machines.models import Authorization, Machine, MachineType, MaintenancePlan
 from members.models import Card, Member, Role
@@ -42,7 +43,7 @@ def lab(db: None) -> Lab:
     staff_role = Role.objects.create(name="STAFF", maintenance=True)
     user_role = Role.objects.create(name="USER")
 
-    def member(name: str, role: Role, uid: str, **extra: object) -> Member:
+    def member(name: str, role: Role, uid: str, **extra: Any) -> Member:
         m = Member.objects.create_user(
             email=f"{name.lower()}@lab.test", first_name=name, last_name="Test", role=role, **extra
         )
@@ -60,7 +61,7 @@ def lab(db: None) -> Lab:
 
 
 @pytest.fixture
-def fast_passwords(settings: Any) -> None:
+def fast_passwords(settings: Settings) -> None:
     """MD5 instead of PBKDF2 for modules that log in per test (admin_client): a full PBKDF2 run per test otherwise."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -88,7 +89,7 @@ def redis() -> Iterator[Redis]:
 
 
 @pytest.fixture
-def bridge(broker: Broker, settings: Any) -> Iterator[Bridge]:
+def bridge(broker: Broker, settings: Settings) -> Iterator[Bridge]:
     """The real bridge on the session's broker, with the test database (tests marked django_db(transaction=True))."""
     settings.MQTT = {**settings.MQTT, "HOST": "127.0.0.1", "PORT": broker.port, "TOPIC": "machine"}
     b = Bridge(client_id=f"test-bridge-{uuid.uuid4().hex[:8]}", housekeeping_every=3600)

@@ -1,7 +1,9 @@
-"""Real Mosquitto and Redis servers for the tests, each on a free port, started and stopped by the tests."""
+"""Real Mosquitto and Redis servers for the tests, each on a free port, started and stopped by the tests; and
+small helpers the test modules share."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -13,6 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def first_group(pattern: str, text: str, flags: int = 0) -> str:
+    """Group 1 of the first match of ``pattern`` in ``text``; the test fails if nothing matches."""
+    found = re.search(pattern, text, flags)
+    assert found is not None, f"{pattern!r} not found in {text[:200]!r}"
+    return found.group(1)
 
 
 def free_port() -> int:

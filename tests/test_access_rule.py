@@ -21,7 +21,8 @@ UID = "0a0b0c0d"
 FLAGS = ("authorize_all", "maintenance", "authorized", "requires_authorization", "blocked", "disabled", "inactive")
 
 
-def decide_by_reply(reply: dict) -> tuple[bool, int]:
+def decide_by_reply(reply: p.Reply | None) -> tuple[bool, int]:
+    assert reply is not None
     return bool(reply["is_valid"]), int(reply["level"])
 
 

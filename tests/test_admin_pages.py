@@ -8,6 +8,7 @@ import pytest
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin
 from django.contrib.auth.models import Group
+from django.db.models import Model
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -43,7 +44,7 @@ def history(lab: Lab) -> Lab:
     return lab
 
 
-def _admin_url(model: type, view: str, *args: object) -> str:
+def _admin_url(model: type[Model], view: str, *args: object) -> str:
     return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
 
 
@@ -76,6 +77,7 @@ def test_the_login_page_asks_for_the_e_mail_and_offers_password_reset(client: Cl
 def _refused(client: Client, history: Lab) -> None:
     for model in MODELS:
         obj = model._default_manager.order_by("pk").first()
+        assert obj is not None, f"fixture has no {model._meta.label}"
         for url in (_admin_url(model, "changelist"), _admin_url(model, "add"), _admin_url(model, "change", obj.pk)):
             response = client.get(url)
             assert response.status_code == 302, url

@@ -70,6 +70,7 @@ def test_s3_authorized_use_is_recorded_once_with_the_board_duration(lab: Lab, m1
     time_passes(65)  # the board reports 65 s: let them pass
     assert m1.ask({"action": "stopuse", "uid": N, "duration": 65})["request_ok"] is True
     use = use_of(lab.normal)
+    assert use.ended_at is not None
     assert (use.duration, use.replay, use.ended_at - use.started_at) == (65, False, timedelta(seconds=65))
     lab.laser.refresh_from_db()
     assert lab.laser.hours == pytest.approx(65 / 3600)
@@ -184,6 +185,7 @@ def test_s14_offline_session_replayed_is_one_use(lab: Lab, m1: SimBoard) -> None
     assert m1.ask({"action": "checkmachine"})["request_ok"] is True
     use = use_of(lab.normal)
     assert (use.replay, use.duration) == (True, 300)
+    assert use.ended_at is not None
     assert use.ended_at <= timezone.now() + timedelta(seconds=1)  # the session lies in the past, not the future
     lab.laser.refresh_from_db()
     assert lab.laser.hours == pytest.approx(300 / 3600)

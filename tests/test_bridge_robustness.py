@@ -22,7 +22,7 @@ from telemetry import ingest
 from telemetry import protocol as p
 from telemetry.mqtt import Bridge
 
-from .boards import SimBoard, time_passes
+from .boards import SimBoard, reconnect_delay, time_passes
 from .conftest import Lab
 from .services import ROOT, Broker, free_port
 
@@ -45,7 +45,7 @@ def ask_until_answered(board: SimBoard, payload: dict, attempts: int = 40) -> di
 def restartable_bridge(own_broker: Broker, settings) -> Iterator[Bridge]:
     settings.MQTT = {**settings.MQTT, "HOST": "127.0.0.1", "PORT": own_broker.port, "TOPIC": "machine"}
     bridge = Bridge(client_id=f"test-bridge-{uuid.uuid4().hex[:8]}")
-    bridge.client.reconnect_delay_set(0.1, 0.5)
+    reconnect_delay(bridge.client, 0.1, 0.5)
     bridge.start()
     assert bridge.subscribed.wait(10)
     yield bridge
@@ -128,6 +128,7 @@ def test_it_keeps_answering_and_recording_when_redis_is_down(lab: Lab, broker: B
         if proc.poll() is None:
             proc.kill()
     closed = Use.objects.get(member=lab.normal)
+    assert closed.ended_at is not None
     assert (closed.duration, closed.ended_at - closed.started_at) == (65, timedelta(seconds=65))
     assert Use.objects.filter(member=lab.admin, ended_at__isnull=True).count() == 1
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
@@ -78,7 +79,7 @@ def sessions(board: SimBoard, machine_id: int) -> int:
     uid = UID.format(machine_id)
     sent = 0
     for _ in range(SESSIONS):
-        steps = [
+        steps: list[tuple[dict[str, Any], int]] = [
             ({"action": "checkmachine"}, 1),
             ({"action": "checkuser", "uid": uid}, 1),
             ({"action": "startuse", "uid": uid}, 2),
@@ -130,7 +131,12 @@ def test_two_bridges_answer_every_request_exactly_once(postgres: str, broker: Br
     boards = [SimBoard(broker.port, i) for i in range(1, BOARDS + 1)]
     stats: queue.Queue[tuple[str, dict]] = queue.Queue()
     watcher = SimBoard(broker.port, 0, topic="unused")
-    watcher.client.on_message = lambda c, u, m: m.topic.endswith(tag) and stats.put((m.topic, json.loads(m.payload)))
+
+    def on_stats(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic.endswith(tag):
+            stats.put((message.topic, json.loads(message.payload)))
+
+    watcher.client.on_message = on_stats
     watcher.client.subscribe("stats/#")
     try:
         # Both bridges up and subscribed: each board's first checkmachine is answered (by either).
@@ -178,7 +184,9 @@ def test_two_bridges_answer_every_request_exactly_once(postgres: str, broker: Br
             " GROUP BY machine_id ORDER BY machine_id"
         ).fetchall()
         hours = db.execute("SELECT id, hours FROM machines_machine ORDER BY id").fetchall()
-        boards_seen = db.execute("SELECT count(*) FROM telemetry_board").fetchone()[0]
+        counted = db.execute("SELECT count(*) FROM telemetry_board").fetchone()
+        assert counted is not None  # count(*) always returns a row
+        boards_seen = counted[0]
     # One use per session (the duplicates recorded nothing), all closed with the board's duration...
     assert uses == [(i, SESSIONS, SESSIONS, DURATION, DURATION) for i in range(1, BOARDS + 1)]
     # ...and each counted once on the hour meter.

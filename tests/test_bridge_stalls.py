@@ -291,7 +291,7 @@ def test_a_row_locked_on_postgresql_holds_up_only_its_own_machines_writes(
             " FROM machines_use GROUP BY machine_id"
         )
         uses = {row[0]: row[1:] for row in db.execute(query)}
-        hours = dict(db.execute("SELECT id, hours FROM machines_machine").fetchall())
+        hours: dict[int, float] = dict(db.execute("SELECT id, hours FROM machines_machine").fetchall())
     # The locked machine: only the session after the lock (its writes under the lock recorded nothing).
     assert uses[locked] == (1, 1, 40, 40, 40)
     assert round(hours[locked] * 3600) == 40

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -118,7 +118,7 @@ def db(django_db_blocker) -> Iterator[None]:
 
 
 @pytest.fixture
-def board(world: World) -> Iterator[SimBoard]:
+def board(world: World) -> Iterator[Callable[[int], SimBoard]]:
     boards: list[SimBoard] = []
 
     def make(machine_id: int) -> SimBoard:
@@ -196,7 +196,9 @@ def test_it_draws_the_dashboard_on_a_phone(world: World) -> None:
     context = world.browser.new_context(
         viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
     )
-    context.add_cookies(world.page.context.cookies())
+    # Playwright types cookies() as Cookie and add_cookies() as SetCookieParam: the same keys, held incompatible
+    # only because SetCookieParam's values are Optional. Passing one to the other is Playwright's documented use.
+    context.add_cookies(world.page.context.cookies())  # type: ignore[arg-type]
     page = context.new_page()
     page.goto(f"{world.url}/admin/")
     expect(page.locator(".fab-live")).to_have_attribute("data-live", "live")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
@@ -55,7 +56,7 @@ async def _connected(user: object) -> WebsocketCommunicator:
     return communicator
 
 
-def _member(**fields: object) -> Member:
+def _member(**fields: Any) -> Member:
     """A member of the lab's USER role, with an address of their own."""
     n = Member.objects.count()
     role = Role.objects.get(name="USER")
@@ -202,7 +203,12 @@ async def test_it_shares_one_snapshot_read_between_dashboards_connecting_togethe
 
     reads = []
     real = consumers._snapshot
-    monkeypatch.setattr(consumers, "_snapshot", lambda: reads.append(1) or real())
+
+    def counted() -> dict[str, Any]:
+        reads.append(1)
+        return real()
+
+    monkeypatch.setattr(consumers, "_snapshot", counted)
     dashboards = await asyncio.gather(*(_connected(staff) for _ in range(8)))
     assert 1 <= len(reads) < 8
     for dashboard in dashboards:
@@ -239,7 +245,7 @@ async def test_it_pushes_a_portal_edit_once_it_commits(staff, lab) -> None:
 # --- Origins: only pages of the portal itself --------------------------------------------------------------
 
 
-def _session_cookie(member: object) -> str:
+def _session_cookie(member: Member) -> str:
     client = Client()
     client.force_login(member)
     return f"sessionid={client.cookies['sessionid'].value}"
@@ -280,6 +286,7 @@ async def test_a_page_on_another_port_of_the_same_host_cannot_open_the_dashboard
     """Over real HTTP: daphne as served, the viewer's own session cookie, a page's Origin on another port."""
     import websockets
     from websockets.exceptions import InvalidStatus
+    from websockets.typing import Origin
 
     from .browser import daphne, server_env
 
@@ -290,10 +297,10 @@ async def test_a_page_on_another_port_of_the_same_host_cannot_open_the_dashboard
         url = f"ws://127.0.0.1:{server.port}/ws/dashboard/"
         for origin in (f"http://127.0.0.1:{server.port + 1}", f"http://localhost:{server.port}"):
             with pytest.raises(InvalidStatus) as refused:
-                await websockets.connect(url, origin=origin, additional_headers={"Cookie": cookie})
+                await websockets.connect(url, origin=Origin(origin), additional_headers={"Cookie": cookie})
             assert refused.value.response.status_code == 403
         async with websockets.connect(
-            url, origin=f"http://127.0.0.1:{server.port}", additional_headers={"Cookie": cookie}
+            url, origin=Origin(f"http://127.0.0.1:{server.port}"), additional_headers={"Cookie": cookie}
         ) as socket:
             assert json.loads(await asyncio.wait_for(socket.recv(), 10))["type"] == "snapshot"
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from machines.dashboard.tiles import build_tile, count_states, elapsed_text, machine_tile, tile_state
+from machines.dashboard.tiles import Tile, build_tile, count_states, elapsed_text, machine_tile, tile_state
 from machines.dashboard.tiles import tiles as dashboard_tiles
 from machines.models import Machine, MachineType, MaintenancePlan, Use
 from members.models import Member, Role
 from telemetry.models import Board
+
+from .services import first_group
 
 
 @pytest.mark.parametrize(
@@ -30,6 +33,13 @@ from telemetry.models import Board
 )
 def test_it_gives_one_state_in_the_old_dashboards_precedence(flags: dict, state: str) -> None:
     assert tile_state(**flags) == state
+
+
+def _tile(machine_id: int) -> Tile:
+    """The tile of a machine that exists."""
+    tile = machine_tile(machine_id)
+    assert tile is not None
+    return tile
 
 
 def _states_on_page(html: str) -> dict[int, str]:
@@ -53,7 +63,7 @@ def _plan(machine: Machine, **fields: object) -> MaintenancePlan:
     return MaintenancePlan.objects.create(machine=machine, **fields)
 
 
-def _member(**fields: object) -> Member:
+def _member(**fields: Any) -> Member:
     """A member of the lab's USER role, with an address of their own."""
     n = Member.objects.count()
     role = Role.objects.get(name="USER")
@@ -101,7 +111,7 @@ def test_it_shows_each_machine_once_in_its_state_with_counters(admin_client, eve
     assert "Grease the spindle"[:16] in html
     assert "hardware-rev0-it_IT,v1.0.4" in html
     # The script gets the same tiles as data.
-    data = json.loads(re.search(r'id="fab-tiles-data" type="application/json">(.*?)</script>', html).group(1))
+    data = json.loads(first_group(r'id="fab-tiles-data" type="application/json">(.*?)</script>', html))
     assert {t["id"]: t["state"] for t in data} == _states_on_page(html)
 
 
@@ -142,9 +152,9 @@ def test_it_reads_only_open_uses(every_state) -> None:
 def test_it_turns_a_silent_machine_offline_and_a_fresh_one_free(lab) -> None:
     now = timezone.now()
     Machine.objects.filter(pk=2).update(last_seen=now - timedelta(seconds=89))
-    assert machine_tile(2)["state"] == "free"
+    assert _tile(2)["state"] == "free"
     Machine.objects.filter(pk=2).update(last_seen=now - timedelta(seconds=91))
-    assert machine_tile(2)["state"] == "offline"
+    assert _tile(2)["state"] == "offline"
 
 
 def test_it_puts_the_first_due_item_on_a_maintenance_tile(lab) -> None:

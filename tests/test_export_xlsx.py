@@ -54,6 +54,7 @@ def test_the_uses_export_holds_exactly_the_filtered_rows(admin_client: Client, l
     assert all(r[header.index("hours")] == 0.5 for r in body)
     # Local wall-clock time (Europe/Rome in the settings), not UTC.
     first = Use.objects.filter(member=lab.normal).order_by("-started_at").first()
+    assert first is not None
     started = body[0][header.index("started")]
     assert started == timezone.localtime(first.started_at).replace(tzinfo=None, microsecond=started.microsecond)
 

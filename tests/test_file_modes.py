@@ -19,6 +19,13 @@ from .services import ROOT
 UNITS = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
 
 
+class _CaseSensitiveParser(configparser.ConfigParser):
+    """systemd's keys are case-sensitive (``UMask``): kept as written, not lower-cased."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -36,8 +43,7 @@ def open_dir() -> Iterator[Path]:
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_every_unit_sets_a_umask(unit: Path) -> None:
-    parser = configparser.ConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str
+    parser = _CaseSensitiveParser(strict=False, interpolation=None)
     parser.read(unit)
     assert parser["Service"].get("UMask") == "0027"
 

@@ -83,6 +83,7 @@ def read_po(path: Path) -> list[Entry]:
                 else:
                     target = (keyword, None)
                     setattr(entry, keyword, "")
+            assert target is not None  # set above for the entry's first keyword
             name, index = target
             if index is None:
                 setattr(entry, name, getattr(entry, name) + value)
@@ -132,7 +133,8 @@ def test_it_ships_a_compiled_catalogue_identical_to_the_po(language: str) -> Non
     folder = LOCALE / language / "LC_MESSAGES"
     with (folder / "django.mo").open("rb") as mo:
         compiled = gettext.GNUTranslations(mo)
-    compiled_entries = {k: v for k, v in compiled._catalog.items() if k != ""}  # "" is the header
+    # "" is the header. The parsed messages are only in GNUTranslations._catalog, which typeshed leaves out.
+    compiled_entries = {k: v for k, v in compiled._catalog.items() if k != ""}  # type: ignore[attr-defined]
     expected = catalogue(read_po(folder / "django.po"))
     stale = {k: v for k, v in expected.items() if compiled_entries.get(k) != v}
     extra = set(compiled_entries) - set(expected)

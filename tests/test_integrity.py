@@ -62,6 +62,7 @@ def test_a_ten_year_stopuse_on_a_live_session_is_flagged_not_counted(lab: Lab, m
     assert reply["request_ok"] is True  # the board always gets its one reply
     use = Use.objects.get()
     assert (use.flag, use.duration, use.reported_duration) == (Use.Flag.BEYOND_WINDOW, 0, 315_360_000)
+    assert use.plausible_max is not None
     assert 600 <= use.plausible_max <= 600 + services.SLACK_S + 5
     assert use.started_at > timezone.now() - timedelta(minutes=11)  # not in 2016
     assert meter(lab.printer) == 0
@@ -250,7 +251,9 @@ def test_sessions_of_one_outage_are_laid_end_to_end_before_now(lab: Lab, m1: Sim
     uses = list(Use.objects.order_by("started_at"))
     assert [(u.member_id, u.duration) for u in uses] == [(lab.admin.pk, 300), (lab.normal.pk, 200), (lab.admin.pk, 100)]
     for before, after in zip(uses, uses[1:], strict=False):
+        assert before.ended_at is not None
         assert before.ended_at <= after.started_at  # one session at a time
+    assert uses[-1].ended_at is not None
     assert uses[-1].ended_at <= timezone.now()
     assert meter(lab.laser) == pytest.approx(600 / 3600)
     assert_consistent(lab.laser)

@@ -80,6 +80,7 @@ def test_end_now_closes_open_uses_and_adds_their_time(admin_client: Client, lab:
     response = admin_client.post(USES, {"action": "end_now", "_selected_action": [use.pk]})
     assert response.status_code == 302
     use.refresh_from_db()
+    assert use.duration is not None
     assert use.ended_at is not None and 3 * 3600 <= use.duration < 3 * 3600 + 60
     assert 3 <= meter(lab.laser) < 3.02
 
@@ -115,7 +116,7 @@ def test_uses_filter_by_member_machine_date_range_and_state(admin_client: Client
     now = timezone.now()
     open_use = Use.objects.create(member=lab.staff, machine=lab.printer, started_at=now, last_seen=now, replay=True)
 
-    def listed(**params: object) -> set[int]:
+    def listed(**params: str | int) -> set[int]:
         response = admin_client.get(USES, params)
         assert response.status_code == 200
         return {u.pk for u in response.context["cl"].result_list}

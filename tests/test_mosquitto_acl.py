@@ -19,16 +19,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import paho.mqtt.client as mqtt
 import pytest
 from django.core.management import CommandError, call_command
+from pytest_django import Settings
 
 from machines.models import Machine
 from telemetry import credentials
 from telemetry.models import BoardCredential, SwitchCredential
 from telemetry.mqtt import Bridge
 
+from .boards import reconnect_delay
 from .conftest import Lab
 from .services import _binary, free_port, wait_for_port
 
@@ -53,7 +56,7 @@ def broker_files(tmp: str) -> list[str]:
 
 
 @pytest.fixture
-def secure_broker(lab: Lab, settings: object) -> Iterator[SecureBroker]:
+def secure_broker(lab: Lab, settings: Settings) -> Iterator[SecureBroker]:
     settings.MQTT = {**settings.MQTT, "USERNAME": BACKEND[0], "PASSWORD": BACKEND[1], "TOPIC": "machine"}
     with tempfile.TemporaryDirectory(prefix="mosquitto-acl-") as tmp:
         out = StringIO()
@@ -86,6 +89,13 @@ def secure_broker(lab: Lab, settings: object) -> Iterator[SecureBroker]:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+class ClientOptions(TypedDict, total=False):
+    """The optional arguments of :class:`Client`."""
+
+    client_id: str
+    will: tuple[str, str] | None
 
 
 class Client:
@@ -135,14 +145,20 @@ def clients(secure_broker: SecureBroker) -> Iterator[list[Client]]:
 
 
 def connect(
-    broker: SecureBroker, clients: list[Client], username: str, password: str, *, backend: bool = False, **kw: object
+    broker: SecureBroker,
+    clients: list[Client],
+    username: str,
+    password: str,
+    *,
+    backend: bool = False,
+    **kw: Unpack[ClientOptions],
 ) -> Client:
-    client = Client(broker.backend_port if backend else broker.port, username, password, **kw)  # type: ignore[arg-type]
+    client = Client(broker.backend_port if backend else broker.port, username, password, **kw)
     clients.append(client)
     return client
 
 
-def device(broker: SecureBroker, clients: list[Client], username: str, **kw: object) -> Client:
+def device(broker: SecureBroker, clients: list[Client], username: str, **kw: Unpack[ClientOptions]) -> Client:
     return connect(broker, clients, username, broker.secrets[username], **kw)
 
 
@@ -266,7 +282,7 @@ def test_writing_to_a_device_writes_into_it_instead_of_replacing_it(tmp_path) ->
 
 @pytest.mark.django_db(transaction=True)
 def test_a_boards_secret_cannot_take_over_the_bridges_session(
-    secure_broker: SecureBroker, clients: list[Client], settings: object
+    secure_broker: SecureBroker, clients: list[Client], settings: Settings
 ) -> None:
     """Before: a client logging in as board-2 with the bridge's client id kicked the bridge off (1 of 14 answered)."""
     settings.MQTT = {**settings.MQTT, "HOST": "127.0.0.1", "PORT": secure_broker.backend_port}
@@ -278,7 +294,7 @@ def test_a_boards_secret_cannot_take_over_the_bridges_session(
         board1.subscribe("machine/1/reply")
         # An attacker with board-2's secret and the bridge's id, reconnecting at once whenever it is kicked off.
         attacker = device(secure_broker, clients, "board-2", client_id=bridge.client_id)
-        attacker.client.reconnect_delay_set(0.1, 0.2)
+        reconnect_delay(attacker.client, 0.1, 0.2)
         assert not attacker.reason.is_failure  # a valid account: it gets in, as board-2
         on_backend = connect(secure_broker, clients, "board-2", secure_broker.secrets["board-2"], backend=True)
         assert on_backend.reason.is_failure  # and nowhere else

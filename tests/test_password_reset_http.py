@@ -14,16 +14,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_string
+from email.message import Message
 from urllib.parse import urlencode
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from django.db import connection
 
 from members.models import Member
 
 from .browser import Daphne, daphne, server_env
-from .services import free_port
+from .services import first_group, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)  # daphne, another process, reads the committed rows
 PUBLIC_URL = "https://fablab.example.org"
@@ -38,9 +40,10 @@ class Handler:
     hold: threading.Event = field(default_factory=threading.Event)
     received: threading.Event = field(default_factory=threading.Event)
 
-    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # aiosmtpd's hook name
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # aiosmtpd's hook name
         self.entered.set()
         await asyncio.get_running_loop().run_in_executor(None, self.hold.wait, 60)
+        assert isinstance(envelope.content, bytes)  # the server is not told to decode_data
         self.messages.append(envelope.content.decode("utf-8", "replace"))
         self.received.set()
         return "250 Message accepted"
@@ -50,8 +53,15 @@ class Handler:
         for raw in self.messages:
             message = message_from_string(raw)
             parts = message.walk() if message.is_multipart() else [message]
-            out.append("".join(p.get_payload(decode=True).decode() for p in parts if not p.is_multipart()))
+            out.append("".join(_decoded(p) for p in parts if not p.is_multipart()))
         return out
+
+
+def _decoded(part: Message) -> str:
+    """The text of a non-multipart part, its transfer encoding undone."""
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode()
 
 
 @contextmanager
@@ -106,8 +116,8 @@ def ask_reset(server: Daphne, email: str, *, host: str) -> Answer:
     form = request(server, "GET", "/admin/password_reset/", host=host)
     if form.status != 200:
         return form
-    cookie = re.search(r"csrftoken=([^;]+)", form.headers["Set-Cookie"]).group(1)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+    cookie = first_group(r"csrftoken=([^;]+)", form.headers["Set-Cookie"])
+    token = first_group(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
     body = urlencode({"csrfmiddlewaretoken": token, "email": email})
     return request(server, "POST", "/admin/password_reset/", host=host, body=body, cookie=f"csrftoken={cookie}")
 

@@ -5,9 +5,10 @@ with."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import pytest
 from django.conf import settings as django_settings
@@ -21,6 +22,9 @@ from members.models import Card, Member, Role
 from .browser import chromium, daphne, log_in, server_env
 from .test_password_reset_http import ask_reset, request
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, Response
+
 pytestmark = pytest.mark.django_db(transaction=True)  # daphne, another process, reads the committed rows
 PASSWORD = "a-long-hardening-test-password-9"
 
@@ -33,7 +37,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _wait_for(predicate: object, timeout: float = 20) -> bool:
+def _wait_for(predicate: Callable[[], object], timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -90,8 +94,21 @@ document.addEventListener("securitypolicyviolation", (e) => {
 """
 
 
+def _goto(page: Page, url: str) -> Response:
+    """``page.goto`` for a page load (Playwright answers None only to a navigation within the same document)."""
+    response = page.goto(url)
+    assert response is not None, url
+    return response
+
+
+class LabRows(TypedDict):
+    staff: Member
+    nina: Member
+    laser: Machine
+
+
 @pytest.fixture
-def lab_rows() -> Iterator[dict[str, object]]:
+def lab_rows() -> Iterator[LabRows]:
     role = Role.objects.create(name="ADMIN", authorize_all=True, maintenance=True)
     kind = MachineType.objects.create(name="Lasers", requires_authorization=True)
     laser = Machine.objects.create(id=1, name="LASER 1", type=kind, last_seen=timezone.now())
@@ -107,7 +124,7 @@ def lab_rows() -> Iterator[dict[str, object]]:
 
 @pytest.mark.browser
 def test_the_admin_and_the_dashboard_work_under_the_policy_with_no_violation(
-    lab_rows: dict[str, object], monkeypatch: pytest.MonkeyPatch
+    lab_rows: LabRows, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API owns this thread's loop
     nina = lab_rows["nina"]
@@ -136,13 +153,13 @@ def test_the_admin_and_the_dashboard_work_under_the_policy_with_no_violation(
         page.on("console", lambda m: console.append(m.text) if "Content Security Policy" in m.text else None)
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        login = page.goto(f"{server.url}/admin/login/")
+        login = _goto(page, f"{server.url}/admin/login/")
         policy = login.headers["content-security-policy"]
         assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
         log_in(page, server.url, "desk@lab.test", PASSWORD)
         violations: dict[str, list[str]] = {}
         for path in pages:
-            response = page.goto(f"{server.url}{path}")
+            response = _goto(page, f"{server.url}{path}")
             assert response.status == 200, path
             assert response.headers["content-security-policy"] == policy
             page.wait_for_load_state("networkidle")

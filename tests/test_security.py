@@ -16,11 +16,13 @@ import pytest
 from django.core import mail
 from django.core.cache import cache
 from django.test import Client
+from pytest_django import Settings
 
 from members import password_reset
 from members.models import Member, Role
 
 from .conftest import Lab
+from .services import first_group
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +59,7 @@ def test_reset_mail_carries_a_working_link(client: Client, staff: Member) -> Non
 
     assert response.status_code == 302 and response["Location"] == "/admin/password_reset/done/"
     assert len(mail.outbox) == 1 and mail.outbox[0].to == ["sam@lab.test"]
-    link = re.search(r"https?://[^/\s]+(/reset/[^/\s]+/[^/\s]+/)", mail.outbox[0].body).group(1)
+    link = first_group(r"https?://[^/\s]+(/reset/[^/\s]+/[^/\s]+/)", str(mail.outbox[0].body))
     form_page = client.get(link, follow=True)
     assert form_page.status_code == 200 and "new_password1" in form_page.content.decode()
     done = client.post(
@@ -94,7 +96,7 @@ def test_reset_is_rate_limited_per_ip(client: Client, staff: Member) -> None:
     assert len(mail.outbox) == 1
 
 
-def test_login_locks_out_after_repeated_failures(client: Client, staff: Member, settings: object) -> None:
+def test_login_locks_out_after_repeated_failures(client: Client, staff: Member, settings: Settings) -> None:
     for _ in range(settings.AXES_FAILURE_LIMIT):
         failed = client.post("/admin/login/", {"username": "sam@lab.test", "password": "wrong"})
         assert failed.status_code in (200, 429)
@@ -204,7 +206,7 @@ def test_make_run_writes_this_machines_names_and_public_url_instead_of_any_host(
     subprocess.run([str(checkout / "scripts" / "env.sh")], env=env, check=True, capture_output=True)
 
     written = (checkout / ".env").read_text()
-    hosts = re.search(r"^ALLOWED_HOSTS=(.*)$", written, re.M).group(1).split(",")
+    hosts = first_group(r"^ALLOWED_HOSTS=(.*)$", written, re.M).split(",")
     name = socket.gethostname().split(".")[0]
     assert "*" not in hosts and {"localhost", "127.0.0.1", name, f"{name}.local"} <= set(hosts)
     assert re.search(rf"^PUBLIC_URL=https://{re.escape(name)}\.local:23336$", written, re.M)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -11,6 +12,7 @@ import pytest
 from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
+from pytest_django import Settings
 
 from members.models import Member, Role
 from telemetry.models import Board, BoardCredential
@@ -32,7 +34,7 @@ def boss(lab: Lab) -> Member:
 
 
 @pytest.fixture
-def stats_broker(broker: Broker, settings: object) -> Broker:
+def stats_broker(broker: Broker, settings: Settings) -> Iterator[Broker]:
     settings.MQTT = {**settings.MQTT, "HOST": "127.0.0.1", "PORT": broker.port, "USERNAME": None, "TLS": False}
     cache.clear()
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
@@ -55,7 +57,7 @@ def stats_broker(broker: Broker, settings: object) -> Broker:
 
 
 def test_the_system_page_shows_versions_boards_and_the_bridge(
-    client: Client, lab: Lab, boss: Member, stats_broker: Broker, settings: object, tmp_path: Path
+    client: Client, lab: Lab, boss: Member, stats_broker: Broker, settings: Settings, tmp_path: Path
 ) -> None:
     Board.objects.create(
         machine=lab.laser, serial="A1B2C3", ip_address="192.168.1.51", firmware="1.2.3", free_heap=123456
@@ -79,7 +81,7 @@ def test_the_backup_download_is_a_valid_sqlite_database(client: Client, lab: Lab
 
     assert response.status_code == 200
     assert "attachment" in response["Content-Disposition"] and ".sqlite3" in response["Content-Disposition"]
-    data = b"".join(response.streaming_content)
+    data = response.getvalue()  # the streamed file, joined
     assert data.startswith(b"SQLite format 3\x00")
     path = tmp_path / "backup.sqlite3"
     path.write_bytes(data)
@@ -101,7 +103,7 @@ def test_only_administrators_download_backups_or_issue_secrets(client: Client, l
 
 
 def test_an_administrator_issues_a_board_secret_shown_once(
-    client: Client, lab: Lab, boss: Member, settings: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client: Client, lab: Lab, boss: Member, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MOSQUITTO_PASSWORD_FILE", str(tmp_path / "passwd"))
     monkeypatch.setenv("MOSQUITTO_ACL_FILE", str(tmp_path / "acl"))

@@ -7,6 +7,7 @@ from io import StringIO
 
 import pytest
 from django.core import mail
+from django.core.mail import EmailMultiAlternatives
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -43,6 +44,19 @@ def week(lab: Lab) -> Lab:
     return lab
 
 
+def _sent(index: int) -> EmailMultiAlternatives:
+    """A summary from the outbox: text, with the HTML as its alternative."""
+    message = mail.outbox[index]
+    assert isinstance(message, EmailMultiAlternatives)
+    return message
+
+
+def _html(message: EmailMultiAlternatives) -> str:
+    html = message.alternatives[0][0]
+    assert isinstance(html, str)
+    return html
+
+
 def test_the_summary_counts_the_last_week_only(week: Lab) -> None:
     s = reports.build_summary()
 
@@ -55,10 +69,10 @@ def test_it_sends_html_and_text_in_english(week: Lab) -> None:
     result = reports.send_weekly_summary(language="en")
 
     assert (result.sent, result.failed) == (2, 0)
-    message = mail.outbox[0]
+    message = _sent(0)
     assert message.subject == "Fab-O-Matic - Weekly summary"
     assert len(message.to) == 1  # one message per member: nobody sees the others' addresses
-    html = message.alternatives[0][0]
+    html = _html(message)
     assert message.alternatives[0][1] == "text/html"
     for body in (message.body, html):
         assert "LASER 1" in body and "3.5" in body and "Clean the lens" in body and "deadbeef" in body
@@ -69,10 +83,10 @@ def test_it_sends_html_and_text_in_english(week: Lab) -> None:
 def test_it_speaks_italian(week: Lab) -> None:
     reports.send_weekly_summary(language="it")
 
-    message = mail.outbox[0]
+    message = _sent(0)
     assert message.subject == "Fab-O-Matic - Riepilogo settimanale"
     assert "UTILIZZO DELLE MACCHINE" in message.body and "scaduta da 1,5 h" in message.body  # Italian decimals
-    html = message.alternatives[0][0]
+    html = _html(message)
     assert 'lang="it"' in html and "Tessere non riconosciute" in html and "3,5" in html
 
 
