@@ -175,6 +175,7 @@ def send_weekly_summary(*, language: str | None = None, now: datetime | None = N
         return result
     connection = get_connection(fail_silently=False)
     for member in people:
+        assert member.email  # recipients() excludes members without an address
         message = EmailMultiAlternatives(mail.subject, mail.text, settings.DEFAULT_FROM_EMAIL, [member.email])
         message.attach_alternative(mail.html, "text/html")
         try:

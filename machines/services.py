@@ -282,7 +282,7 @@ def recount_machine(machine_id: int) -> None:
             .values_list("started_at", "duration")
         )
         starts = [start for start, _ in closed]
-        sums = [0, *itertools.accumulate(seconds for _, seconds in closed)]
+        sums = [0, *itertools.accumulate(seconds or 0 for _, seconds in closed)]  # never None (duration__gt=0)
 
         def meter(when: datetime) -> float:
             return machine.hours_offset + sums[bisect.bisect_right(starts, when)] / 3600

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.core.exceptions import ValidationError
@@ -127,7 +128,7 @@ class Member(AbstractBaseUser, PermissionsMixin):
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = ["first_name"]
+    REQUIRED_FIELDS = ["first_name"]
 
     class Meta:
         ordering = ["first_name", "last_name"]
@@ -179,7 +180,7 @@ class Card(models.Model):
     def __str__(self) -> str:
         return self.uid
 
-    def save(self, *args: object, **kwargs: object) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         self.uid = normalize_uid(self.uid)
         super().save(*args, **kwargs)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -57,7 +59,7 @@ def test_maintenance_roles_are_staff_on_the_board(lab):
 def _closed_use(lab, seconds: int) -> Use:
     now = timezone.now()
     use = Use.objects.create(
-        member=lab.normal, machine=lab.laser, started_at=now - timezone.timedelta(seconds=seconds), last_seen=now
+        member=lab.normal, machine=lab.laser, started_at=now - timedelta(seconds=seconds), last_seen=now
     )
     return services.close_use(use, ended_at=now)
 
@@ -88,7 +90,7 @@ def test_open_uses_do_not_count_towards_maintenance(lab):
     Use.objects.create(
         member=lab.normal,
         machine=lab.laser,
-        started_at=timezone.now() - timezone.timedelta(hours=20),
+        started_at=timezone.now() - timedelta(hours=20),
         last_seen=timezone.now(),
     )
     lab.laser.refresh_from_db()
@@ -112,7 +114,7 @@ def test_closing_a_use_twice_counts_hours_once(lab):
 
 def test_correcting_a_use_moves_the_hour_meter(lab):
     use = _closed_use(lab, 3600)
-    services.correct_use(use, started_at=use.started_at, ended_at=use.started_at + timezone.timedelta(hours=2))
+    services.correct_use(use, started_at=use.started_at, ended_at=use.started_at + timedelta(hours=2))
     lab.laser.refresh_from_db()
     assert round(lab.laser.hours, 3) == 2.0
     services.delete_use(Use.objects.get(pk=use.pk))
