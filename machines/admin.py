@@ -6,7 +6,8 @@ go through ``machines.services`` so the hour meter and the maintenance counters 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -32,6 +33,7 @@ from fabomatic.admin import (
     replay_flag,
     short_datetime,
 )
+from fabomatic.http import AuthenticatedHttpRequest, acting_member
 from members.models import Member
 from telemetry.credentials import issue_board_credentials
 from telemetry.remote import RemoteCommandError, send_remote_command
@@ -43,9 +45,13 @@ from .models import Authorization, Intervention, Machine, MachineType, Maintenan
 from .resources import InterventionResource, MachineResource, UseResource
 
 if TYPE_CHECKING:
-    from django_stubs_ext import StrOrPromise
+    from django_stubs_ext import StrOrPromise, WithAnnotations
 
 RECENT = 20
+
+
+class _MachineCount(TypedDict):  # what MachineTypeAdmin.get_queryset() annotates
+    n_machines: int
 
 
 def changelist_url(model: str, **params: Any) -> str:
@@ -128,8 +134,9 @@ class MemberFilter(SelectFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         members = Member.objects.filter(deleted_at__isnull=True)
-        if (self.value() or "").isdigit():  # keep an erased or anonymous member selectable once chosen
-            members = Member.objects.filter(Q(deleted_at__isnull=True) | Q(pk=int(self.value())))
+        value = self.value() or ""
+        if value.isdigit():  # keep an erased or anonymous member selectable once chosen
+            members = Member.objects.filter(Q(deleted_at__isnull=True) | Q(pk=int(value)))
         return [(str(m.pk), str(m)) for m in members.only("pk", "first_name", "last_name", "email")]
 
 
@@ -221,7 +228,7 @@ class MachineTypeAdmin(InUseDeleteMixin, admin.ModelAdmin):
         return _("%(n)d min") % {"n": mtype.grace_minutes} if mtype.grace_minutes else _("none")
 
     @admin.display(description=gettext_lazy("machines"), ordering="n_machines")
-    def machine_count(self, mtype: MachineType) -> str:
+    def machine_count(self, mtype: WithAnnotations[MachineType, _MachineCount]) -> str:
         return format_html('<a href="{}">{}</a>', changelist_url("machine", type__id__exact=mtype.pk), mtype.n_machines)
 
     def in_use_message(self, mtype: MachineType) -> str | None:
@@ -238,7 +245,7 @@ class MachineTypeAdmin(InUseDeleteMixin, admin.ModelAdmin):
 # --- machines -------------------------------------------------------------------------------------
 
 
-URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
+URL_FIELDS: Mapping[type[models.Field], Mapping[str, Any]] = {models.URLField: {"assume_scheme": "https"}}
 
 
 class MaintenancePlanInline(admin.TabularInline):
@@ -288,8 +295,8 @@ def _board_inline() -> type[admin.StackedInline]:
         can_delete = False
         extra = 0
         max_num = 0
-        fields = ["serial", "ip_address", "firmware", "free_heap", "last_seen"]
-        readonly_fields = fields
+        readonly_fields = ("serial", "ip_address", "firmware", "free_heap", "last_seen")
+        fields = readonly_fields
         verbose_name_plural = gettext_lazy("board (as it last announced itself)")
 
         def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -459,7 +466,7 @@ class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
     def _back(machine: Machine) -> HttpResponseRedirect:
         return HttpResponseRedirect(reverse("admin:machines_machine_change", args=[machine.pk]))
 
-    def remote_view(self, request: HttpRequest, machine_id: int, action: str) -> HttpResponse:
+    def remote_view(self, request: AuthenticatedHttpRequest, machine_id: int, action: str) -> HttpResponse:
         """Remote start/stop (POST with CSRF only): the board acts as if the staff member swiped their card."""
         if request.method != "POST":  # a command with side effects is never a GET (the old portal's bug)
             return HttpResponseNotAllowed(["POST"])
@@ -467,7 +474,7 @@ class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
         if action not in ("start", "stop"):
             raise PermissionDenied
         try:
-            send_remote_command(machine, action, request.user)
+            send_remote_command(machine, cast(Literal["start", "stop"], action), request.user)  # checked above
         except RemoteCommandError as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:
@@ -479,7 +486,7 @@ class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
             self.message_user(request, text % {"machine": machine}, messages.SUCCESS)
         return self._back(machine)
 
-    def record_view(self, request: HttpRequest, machine_id: int, plan_id: int) -> HttpResponse:
+    def record_view(self, request: AuthenticatedHttpRequest, machine_id: int, plan_id: int) -> HttpResponse:
         """Record an intervention on one plan item (POST only), from the item's button on the machine page."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
@@ -536,7 +543,7 @@ class MaintenancePlanAdmin(LiveUpdatesMixin, admin.ModelAdmin):
         plans = list(queryset.select_related("machine"))
         for machine_id in {p.machine_id for p in plans}:
             items = [p for p in plans if p.machine_id == machine_id]
-            services.record_interventions(machine=items[0].machine, member=request.user, plans=items)
+            services.record_interventions(machine=items[0].machine, member=acting_member(request), plans=items)
         self.push_live(p.machine_id for p in plans)
         self.message_user(
             request,
@@ -738,14 +745,14 @@ class InterventionAdmin(LiveUpdatesMixin, HistoryAdmin):
             kwargs["form"] = InterventionAddForm
         return super().get_form(request, obj, change, **kwargs)
 
-    def get_fields(self, request: HttpRequest, obj: Intervention | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: Intervention | None = None) -> tuple[str, ...]:
         if obj is None:
-            return ["plan", "member", "performed_at"]
-        return ["plan", "machine", "member", "performed_at", "machine_hours", "replay"]
+            return ("plan", "member", "performed_at")
+        return ("plan", "machine", "member", "performed_at", "machine_hours", "replay")
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
-        initial = super().get_changeform_initial_data(request)
-        initial.setdefault("member", request.user.pk)
+        initial: dict[str, Any] = super().get_changeform_initial_data(request)  # the stubs allow only strings
+        initial.setdefault("member", acting_member(request).pk)
         initial.setdefault("performed_at", timezone.now())
         return initial
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
@@ -17,6 +19,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from fabomatic.admin import ExcelExportMixin, InUseDeleteMixin, badge, format_seconds
+from fabomatic.http import acting_member
 from machines import charts
 from machines.models import Authorization, Use
 
@@ -26,8 +29,20 @@ from .gdpr import erase_member
 from .models import ANONYMOUS_ROLE, DEFAULT_ROLE, Card, Member, Role, UnknownCard, normalize_uid
 from .resources import MemberResource
 
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
 RECENT_USES = 20
 UNKNOWN_CARDS_SHOWN = 20
+
+
+# What the list pages' get_queryset() annotates, for the columns that show it.
+class _MemberCount(TypedDict):
+    n_members: int
+
+
+class _LastStarted(TypedDict):
+    last_started: datetime | None
 
 
 # --- Roles ------------------------------------------------------------------------------------
@@ -43,7 +58,7 @@ class RoleAdmin(InUseDeleteMixin, admin.ModelAdmin):
         return super().get_queryset(request).annotate(n_members=Count("members", distinct=True))
 
     @admin.display(description=gettext_lazy("members"), ordering="n_members")
-    def member_count(self, role: Role) -> str:
+    def member_count(self, role: WithAnnotations[Role, _MemberCount]) -> str:
         url = reverse("admin:members_member_changelist") + "?" + urlencode({"role__id__exact": role.pk})
         return format_html('<a href="{}">{}</a>', url, role.n_members)
 
@@ -252,7 +267,7 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
         return badge(_("enabled"), "ok")
 
     @admin.display(description=gettext_lazy("last use"), ordering="last_started")
-    def last_use(self, member: Member) -> Any:
+    def last_use(self, member: WithAnnotations[Member, _LastStarted]) -> Any:
         return member.last_started or "-"
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
@@ -279,7 +294,7 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
         return kwargs
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
-        initial = super().get_changeform_initial_data(request)
+        initial: dict[str, Any] = super().get_changeform_initial_data(request)  # the stubs allow only strings
         if "role" not in initial:  # most new members are plain card holders
             default = Role.objects.filter(name=DEFAULT_ROLE).values_list("pk", flat=True).first()
             if default:
@@ -332,7 +347,7 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
     # --- erasure --------------------------------------------------------------------------------
 
     def has_delete_permission(self, request: HttpRequest, obj: Member | None = None) -> bool:
-        if obj is not None and not services.may_erase(obj, by=request.user):
+        if obj is not None and not services.may_erase(obj, by=acting_member(request)):
             return False
         return super().has_delete_permission(request, obj)
 
@@ -346,7 +361,7 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
         erase_member(obj)  # deleting a member in the portal is a GDPR erasure: history stays, anonymised
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Member]) -> None:
-        services.erase_members(queryset, by=request.user)
+        services.erase_members(queryset, by=acting_member(request))
 
     # --- actions --------------------------------------------------------------------------------
 
@@ -373,7 +388,7 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
             "opts": self.opts,
             "members": members,
             "form": form,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "media": self.media + form.media,
         }
         request.current_app = self.admin_site.name
@@ -407,9 +422,9 @@ class CardAdmin(admin.ModelAdmin):
     autocomplete_fields = ["member"]
     fields = ["uid", "member", "active", "created_at"]
 
-    def get_form(self, request: HttpRequest, obj: Card | None = None, **kwargs: Any) -> Any:
+    def get_form(self, request: HttpRequest, obj: Card | None = None, change: bool = False, **kwargs: Any) -> Any:
         kwargs["fields"] = ["uid", "member", "active", "created_at"]
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change, **kwargs)
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
         return super().get_search_results(request, queryset, normalize_uid(search_term) or search_term)
@@ -425,7 +440,7 @@ class CardAdmin(admin.ModelAdmin):
         if action == "changed":
             detail["fields"] = fields or []
         LogEntry.objects.log_actions(
-            request.user.pk, [card.member], CHANGE, change_message=[{action: detail}], single_object=True
+            acting_member(request).pk, [card.member], CHANGE, change_message=[{action: detail}], single_object=True
         )
 
     def log_addition(self, request: HttpRequest, obj: Card, message: Any) -> LogEntry:
