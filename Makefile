@@ -5,14 +5,9 @@ SCRIPTS := $(wildcard scripts/*.sh deploy/*.sh)
 
 .PHONY: run test setup lint typecheck format bench messages
 
+# Everything in the foreground until Ctrl-C, which stops what it started and exits 0 (scripts/run.sh says how).
 run:
-	scripts/setup.sh run
-	scripts/env.sh
-	scripts/services.sh
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py bootstrap
-	$(PY) manage.py collectstatic --noinput -v0
-	.venv/bin/honcho start -f Procfile
+	@scripts/run.sh
 
 test:
 	scripts/setup.sh test

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 umask 027  # the database and logs hold personal data (the systemd units set UMask=0027 too)
+export PYTHONUNBUFFERED=1  # the access log goes to stdout: each line at once, not when a buffer fills
 scripts/tls.sh
 dir="${FABOMATIC_DATA_DIR:-var}/tls"
 cert="${TLS_CERT_FILE:-$dir/cert.pem}"

@@ -78,14 +78,23 @@ class Broker:
         self.start()
 
 
+def dev_conf_local_part() -> str:
+    """deploy/mosquitto/dev.conf up to its boards' section: global settings and the loopback listener (1884)."""
+    text = (ROOT / "deploy" / "mosquitto" / "dev.conf").read_text()
+    local, marker, _boards = text.partition("\n# --- The boards")
+    assert marker and "listener 1884 127.0.0.1" in local, "deploy/mosquitto/dev.conf lost its two sections"
+    return local
+
+
 @contextmanager
 def mosquitto(extra_conf: str = "") -> Iterator[Broker]:
-    """A throwaway broker with the development configuration (set_tcp_nodelay) on a free port."""
+    """A throwaway broker with the development configuration (set_tcp_nodelay) on a free port: its anonymous
+    loopback listener only (the boards' listener of `make run`, on every interface, is cut off)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="mosquitto-") as tmp:
-        base = (ROOT / "deploy" / "mosquitto" / "dev.conf").read_text()
+        base = dev_conf_local_part()
         conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(base.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1") + "\n" + extra_conf)
+        conf.write_text(base.replace("listener 1884 127.0.0.1", f"listener {port} 127.0.0.1") + "\n" + extra_conf)
         broker = Broker(port=port, conf=conf)
         broker.start()
         try:
