@@ -284,7 +284,11 @@ if not DEBUG and env("SECURE_SSL"):
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
+    # Preload asks browser vendors to hard-code HTTPS for the whole domain: a public site's choice, never a LAN
+    # host's (a self-signed fabpi.local). Opt in with SECURE_HSTS_PRELOAD=1; without it, check --deploy's advice to
+    # preload (security.W021) is silenced as a decision taken.
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+    SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"

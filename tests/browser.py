@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(os.environ.get("FABOMATIC_SCREENSHOTS", tempfile.gettempdir())) / "fabomatic-screenshots"
+# What the browser tests leave for a person to look at stays in the project's ignored var/: the screenshots, and the
+# server logs of a test that failed (those of a passing test are deleted). Nothing goes to the system's /tmp.
+ARTIFACTS = ROOT / "var" / "test-artifacts"
+SCREENSHOTS = Path(os.environ.get("FABOMATIC_SCREENSHOTS", ARTIFACTS / "screenshots"))
 
 
 def server_env(database: str, *, redis_url: str, broker_url: str = "mqtt://127.0.0.1:1") -> dict[str, str]:
@@ -76,10 +80,26 @@ class Daphne(Process):
 
 
 def _spawn(args: list[str], env: dict[str, str], name: str) -> tuple[subprocess.Popen, Path]:
-    log = Path(tempfile.mkstemp(prefix=f"fabomatic-{name}-", suffix=".log")[1])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = ARTIFACTS / f"{name}-{uuid.uuid4().hex[:8]}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     return process, log
+
+
+@contextmanager
+def _log_kept_on_failure(server: Process) -> Iterator[None]:
+    """Stop the server when the block ends; keep its log only if the block failed."""
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        server.stop()
+        if not failed:
+            server.log.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -89,11 +109,9 @@ def daphne(env: dict[str, str]) -> Iterator[Daphne]:
     args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "fabomatic.asgi:application"]
     process, log = _spawn(args, env, "daphne")
     server = Daphne(process=process, log=log, port=port)
-    try:
+    with _log_kept_on_failure(server):
         wait_for_port(port, timeout=30)
         yield server
-    finally:
-        server.stop()
 
 
 @contextmanager
@@ -104,10 +122,8 @@ def bridge(env: dict[str, str]) -> Iterator[Process]:
         [sys.executable, "manage.py", "mqtt_listen"], {**env, "FABOMATIC_PROCESS": "bridge"}, "bridge"
     )
     running = Process(process=process, log=log)
-    try:
+    with _log_kept_on_failure(running):
         yield running
-    finally:
-        running.stop()
 
 
 @contextmanager
@@ -115,8 +131,11 @@ def chromium() -> Iterator[Browser]:
     """Playwright's Chromium driver on Debian's browser binary."""
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    # A home of its own: Chromium writes its crash-report settings and dconf cache there, not in the user's.
+    with tempfile.TemporaryDirectory(prefix="fabomatic-chromium-") as home, sync_playwright() as p:
+        env: dict[str, str | float | bool] = {**os.environ, "HOME": home, "XDG_CONFIG_HOME": f"{home}/.config"}
+        env["XDG_CACHE_HOME"] = f"{home}/.cache"
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, env=env)
         try:
             yield browser
         finally:
