@@ -97,15 +97,26 @@ who_listens() {
   if command -v ss >/dev/null; then ss -Hltnp "( sport = :$1 )" 2>/dev/null | sed 's/^/    /' || true; fi
 }
 
-# --- What an earlier `make run` left running (it was killed with SIGKILL, or its terminal vanished) ---------------
+# --- One make run per folder; what an earlier one left running (killed with SIGKILL, its terminal gone) -----------
 mkdir -p "$RUN" "$LOGS"
 chmod 700 "$RUN"
 chmod 750 "$LOGS"
+# A pid file holds "pid start-time": a pid alone could name an unrelated process by now.
+running() {  # pid file -> true when the process it names still runs
+  local pid since
+  [ -f "$1" ] || return 1
+  read -r pid since < "$1" || true
+  [ -n "${pid:-}" ] && [ "$(proc_field "$pid" 20 || true)" = "${since:-}" ]
+}
+if running "$RUN/run.pid"; then
+  fail "make run already runs in this folder (pid $(cut -d' ' -f1 "$RUN/run.pid")): Ctrl-C in its terminal stops it."
+fi
+echo "$$ $(proc_field $$ 20)" > "$RUN/run.pid"
+trap 'rm -f "$RUN/run.pid"' EXIT
 for name in honcho mosquitto redis; do
   file=$RUN/$name.pid
-  [ -f "$file" ] || continue
-  read -r pid since < "$file" || true
-  if [ -n "${pid:-}" ] && [ "$(proc_field "$pid" 20 || true)" = "${since:-}" ]; then
+  if running "$file"; then
+    read -r pid _ < "$file"
     step "Stopping the $name an earlier make run left running (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -167,7 +178,7 @@ on_signal() {
   exit 130
 }
 trap on_signal INT TERM HUP
-trap stop_all EXIT  # also when a step fails
+trap 'stop_all; rm -f "$RUN/run.pid"' EXIT  # also when a step fails
 
 # A child in a process group of its own (job control): Ctrl-C on the terminal does not reach it, this script stops
 # it in order. Its pid and start time go to $RUN/<name>.pid, so a later run can recognise it if it is orphaned.

@@ -174,7 +174,7 @@ class Run:
         return self.tmp / "data" / "run"
 
     def started_pids(self) -> dict[str, int]:
-        return {p.stem: int(p.read_text().split()[0]) for p in self.run_dir.glob("*.pid")}
+        return started_pids(self.tmp)
 
     def board(self, host: str, *, user: str | None = None, password: str | None = None, netns: str = "") -> dict:
         user = env_value(self.env_file, "MQTT_BOARD_USER") if user is None else user
@@ -312,48 +312,96 @@ def test_ctrl_c_stops_what_make_run_started_leaves_the_rest_and_exits_0(run: Run
     assert not list(run.run_dir.glob("*.pid"))
 
 
-def test_a_labs_own_board_account_and_sigint_without_a_terminal(tmp_path: Path) -> None:
-    """A lab moving from FabOMatic puts its boards' account in .env; SIGINT (no terminal) stops everything, exit 0."""
+@dataclass
+class Piped:
+    """scripts/run.sh without a terminal (a service manager, CI): output through a pipe."""
+
+    process: subprocess.Popen
+    output: bytearray = field(default_factory=bytearray)
+
+    @classmethod
+    def start(cls, env: dict[str, str]) -> Piped:
+        process = subprocess.Popen(
+            [str(RUN)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        piped = cls(process)
+        threading.Thread(target=piped._read, daemon=True).start()
+        return piped
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in iter(self.process.stdout.readline, b""):
+            self.output.extend(line)
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    def wait_until_running(self, count: int = 1) -> None:
+        deadline = time.monotonic() + 300
+        while self.text.count(RUNNING) < count:
+            assert self.process.poll() is None and time.monotonic() < deadline, self.text[-6000:]
+            time.sleep(0.2)
+
+
+def started_pids(tmp: Path) -> dict[str, int]:
+    return {p.stem: int(p.read_text().split()[0]) for p in (tmp / "data" / "run").glob("*.pid") if p.stem != "run"}
+
+
+def test_without_a_terminal_orphans_a_labs_own_account_and_a_broker_on_loopback(tmp_path: Path) -> None:
+    """Without a terminal: a run killed with SIGKILL leaves its services, the next run stops them first; a lab
+    moving from FabOMatic keeps its boards' account (.env); a broker already on 127.0.0.1:MQTT_PORT (Debian's own)
+    is left alone and the boards get a listener on each LAN address; SIGINT stops everything and exits 0."""
     ports = {name: free_port() for name in ("WEB_PORT", "MQTT_PORT", "MQTT_BACKEND_PORT", "REDIS_PORT")}
+    env = clean_env(tmp_path, **ports)
     (tmp_path / "env").write_text(
         "SECRET_KEY=a-lab-s-own-long-random-key-for-this-test-only\nMQTT_BOARD_USER=fablab\nMQTT_BOARD_PASSWORD='s3cret!'\n"
     )
-    process = subprocess.Popen(
-        [str(RUN)],
-        cwd=ROOT,
-        env=clean_env(tmp_path, **ports),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    output = bytearray()
+    addresses = lan_addresses()
+    lab = Run(Terminal(pid=0, fd=-1), tmp_path, ports["WEB_PORT"], ports["MQTT_PORT"], 0, 0)
+    with socket.socket() as loopback_broker:
+        if addresses:  # stands for Debian's packaged Mosquitto, which listens on 127.0.0.1:1883 only
+            loopback_broker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            loopback_broker.bind(("127.0.0.1", ports["MQTT_PORT"]))
+            loopback_broker.listen()
+        first = Piped.start(env)
+        second: Piped | None = None
+        try:
+            first.wait_until_running()
+            orphans = started_pids(tmp_path)
+            assert set(orphans) == {"honcho", "mosquitto", "redis"}
+            # A second make run in the same folder is refused while the first runs.
+            refused = subprocess.run([str(RUN)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True)
+            assert refused.returncode == 1 and b"already runs in this folder" in refused.stderr
+            first.process.kill()
+            first.process.wait(10)
+            assert all(pid_alive(pid) for pid in orphans.values())  # in process groups of their own
 
-    def read() -> None:
-        assert process.stdout is not None
-        for line in iter(process.stdout.readline, b""):
-            output.extend(line)
+            second = Piped.start(env)
+            second.wait_until_running()
+            assert "an earlier make run left running" in second.text
+            assert not [name for name, pid in orphans.items() if pid_alive(pid)]
+            host = addresses[0] if addresses else "127.0.0.1"
+            if addresses:
+                assert f"left alone: the broker on 127.0.0.1:{ports['MQTT_PORT']}" in second.text
+            assert "request_ok" in lab.board(host, user="fablab", password="s3cret!")["reply"]
+            assert lab.board(host, user="board", password="")["connect"] != "Success"
+            assert "MQTT_BOARD_PASSWORD='s3cret!'" in (tmp_path / "env").read_text()  # kept as the lab wrote it
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 300
-        while not accepts("127.0.0.1", ports["WEB_PORT"]) or RUNNING.encode() not in output:
-            assert process.poll() is None and time.monotonic() < deadline, output.decode(errors="replace")
-            time.sleep(0.2)
-        started = {p.stem: int(p.read_text().split()[0]) for p in (tmp_path / "data" / "run").glob("*.pid")}
-        assert set(started) == {"honcho", "mosquitto", "redis"}
-        lab = Run(Terminal(pid=0, fd=-1), tmp_path, ports["WEB_PORT"], ports["MQTT_PORT"], 0, 0)
-        assert lab.board("127.0.0.1", user="fablab", password="s3cret!")["reply"]["request_ok"] is not None
-        assert lab.board("127.0.0.1", user="board", password="")["connect"] != "Success"
-        assert "MQTT_BOARD_PASSWORD='s3cret!'" in (tmp_path / "env").read_text()  # kept as the lab wrote it
-        process.send_signal(signal.SIGINT)
-        assert process.wait(60) == 0
-        assert not [name for name, pid in started.items() if pid_alive(pid)]
-        assert not any(accepts("127.0.0.1", port) for port in ports.values())
-    finally:
-        if process.poll() is None:
-            process.kill()
-        reader.join(10)
+            started = started_pids(tmp_path)
+            second.process.send_signal(signal.SIGINT)
+            assert second.process.wait(60) == 0, second.text[-3000:]
+            assert not [name for name, pid in started.items() if pid_alive(pid)]
+            ours = [port for name, port in ports.items() if not (addresses and name == "MQTT_PORT")]
+            assert not [port for port in ours if accepts("127.0.0.1", port)]
+            assert not started_pids(tmp_path) and not (tmp_path / "data" / "run" / "run.pid").exists()
+        finally:
+            for run in (first, second):
+                if run and run.process.poll() is None:
+                    run.process.kill()
+            for pid in started_pids(tmp_path).values():
+                if pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_a_busy_portal_port_stops_everything_before_it_starts(tmp_path: Path) -> None:
