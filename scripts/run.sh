@@ -83,9 +83,14 @@ host=$(hostname -s 2>/dev/null || hostname)
 # Does something accept connections on address $1, port $2? (A connection to one of this machine's own addresses
 # is answered at once, accepted or refused.)
 accepts() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-accepts_lan() {
+accepts_lan() {  # port -> true, and the first LAN address that accepts on it in $lan_address
   local ip
-  for ip in "${addresses[@]}"; do accepts "$ip" "$1" && return 0; done
+  for ip in "${addresses[@]}"; do
+    if accepts "$ip" "$1"; then
+      lan_address=$ip
+      return 0
+    fi
+  done
   return 1
 }
 join() {
@@ -232,6 +237,7 @@ left_alone=()
 boards=""
 # The broker: unless MQTT_BROKER_URL names another one, the bridge uses this machine's on the default port.
 bridge_url=$(setting MQTT_BROKER_URL)
+lan_address=""
 case ${bridge_url%/} in
   "" | mqtt://127.0.0.1:1883 | mqtt://localhost:1883 | mqtt://127.0.0.1 | mqtt://localhost) own_broker=1 ;;
   *) own_broker=0 ;;
@@ -243,7 +249,12 @@ elif accepts_lan "$MQTT_PORT" || { [ ${#addresses[@]} -eq 0 ] && accepts 127.0.0
   # A broker already serves the LAN on this port (a lab's own Mosquitto): boards keep using it, with its accounts.
   boards="existing"
   left_alone+=("Mosquitto on $MQTT_PORT")
-  if accepts 127.0.0.1 "$MQTT_PORT"; then bridge_url=mqtt://127.0.0.1:$MQTT_PORT; else bridge_url=mqtt://${addresses[0]}:$MQTT_PORT; fi
+  # The bridge connects where the boards do (127.0.0.1 may be another broker, e.g. Debian's, on loopback only).
+  case ${lan_address:-} in
+    "") bridge_url=mqtt://127.0.0.1:$MQTT_PORT ;;
+    *:*) bridge_url=mqtt://[$lan_address]:$MQTT_PORT ;;
+    *) bridge_url=mqtt://$lan_address:$MQTT_PORT ;;
+  esac
   step "MQTT: a broker already listens on port $MQTT_PORT: used as it is, and left alone"
 else
   binds=("")  # every interface
@@ -382,7 +393,10 @@ broker_hosts=${broker_hosts:-this machine}
       echo "          (MQTT_BOARD_USER and MQTT_BOARD_PASSWORD in $ENV_FILE: a lab moving from FabOMatic sets its own)"
       [ "$MQTT_PORT" = 1883 ] || echo "          Boards have port 1883 compiled in: MQTT_PORT=$MQTT_PORT suits simulators only."
       ;;
-    existing) echo "  Boards: the broker already on port $MQTT_PORT serves them, with its own accounts." ;;
+    existing)
+      echo "  Boards: the broker already on port $MQTT_PORT serves them, with its own accounts. The bridge connects"
+      echo "          to $bridge_url; if that broker wants an account, set MQTT_BROKER_URL=mqtt://USER:PASSWORD@... in $ENV_FILE"
+      ;;
     own) echo "  Boards: the broker of MQTT_BROKER_URL serves them." ;;
   esac
   started=()
