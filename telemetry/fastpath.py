@@ -133,6 +133,10 @@ _SQL_OPEN_USE = f"""
     SELECT id, member_id, started_at, last_seen, replay FROM {_U} WHERE machine_id = %s AND ended_at IS NULL"""
 
 
+_SQL_MACHINE_ROW = f"""
+    SELECT m.name, m.blocked, m.hours, m.last_seen, m.heard_live_at, m.type_id,
+           t.name, t.logoff_minutes, t.grace_minutes, t.requires_authorization
+    FROM {_M} m JOIN {_T} t ON t.id = m.type_id WHERE m.id = %s"""
 _SQL_ALIVE = f"""
     SELECT m.last_seen >= %s, b.firmware FROM {_M} m LEFT JOIN {_B} b ON b.machine_id = m.id WHERE m.id = %s"""
 
@@ -349,4 +353,21 @@ def user_reply(member: Member, decision: services.AccessDecision) -> p.Reply:
 
 
 def machine_of(machine_id: int) -> Machine:
-    return Machine.objects.select_related("type").get(pk=machine_id)
+    """The machine with its type, the fields the request handlers read, in one raw query (the ORM's compilation
+    cost more than the query on every state change)."""
+    rows = _fetch(_SQL_MACHINE_ROW, [machine_id])
+    if not rows:
+        raise Machine.DoesNotExist(f"machine {machine_id}")
+    name, blocked, hours, last_seen, heard_live_at, type_id, type_name, logoff, grace, needs_auth = rows[0]
+    kind = MachineType(
+        id=type_id, name=type_name, logoff_minutes=logoff, grace_minutes=grace, requires_authorization=bool(needs_auth)
+    )
+    return Machine(
+        id=machine_id,
+        name=name,
+        blocked=bool(blocked),
+        hours=hours,
+        last_seen=_dt(last_seen) if last_seen is not None else None,
+        heard_live_at=_dt(heard_live_at) if heard_live_at is not None else None,
+        type=kind,
+    )

@@ -77,8 +77,7 @@ def _process(machine_id: int, request: p.Request, now: datetime) -> Outcome:
             outcome.seen = now
             return outcome
     with transaction.atomic():
-        # A stopuse needs the previous live stamp (to judge a replay): it writes its own at the end.
-        came_online = _touch(machine_id, now, live=live and not isinstance(request, p.StopUse))
+        came_online = _touch(machine_id, now, live=live)
         if came_online is None:
             # Unknown machine: nothing recorded; no reply to alive, which the board does not expect (M6).
             return Outcome(None if isinstance(request, p.Alive) else p.unknown_machine_reply())

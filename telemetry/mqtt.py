@@ -179,13 +179,19 @@ def _sqlite_wait_until(deadline: float) -> None:
 
 
 def _persistent_connection() -> None:
-    """Bridge threads keep one connection each, dropped and reopened only after an error; on PostgreSQL the
-    connection gives up on a silent server (connect timeout, TCP keepalives) instead of blocking its thread."""
+    """Bridge threads keep one connection each, dropped and reopened only after an error (``ingest.process`` drops
+    it), so no health-check query precedes each request (it was a quarter of the bridge's round trips). On
+    PostgreSQL the connection gives up on a silent server (connect timeout, TCP keepalives) instead of blocking its
+    thread, and binds parameters server-side with prepared statements: the same few queries run thousands of times,
+    and PostgreSQL's CPU per request fell from 55 % to 32 % of a core in the benchmark. (Not for PgBouncer in
+    transaction pooling mode, which cannot keep prepared statements.)"""
     wrapper = connections["default"]
-    settings_dict = {**wrapper.settings_dict, "CONN_MAX_AGE": None}
+    settings_dict = {**wrapper.settings_dict, "CONN_MAX_AGE": None, "CONN_HEALTH_CHECKS": False}
     if wrapper.vendor == "postgresql":
         settings_dict["OPTIONS"] = {
             **settings_dict.get("OPTIONS", {}),
+            "server_side_binding": True,
+            "prepare_threshold": 5,
             "connect_timeout": CONNECT_TIMEOUT_S,
             "keepalives": 1,
             "keepalives_idle": 5,
@@ -591,7 +597,6 @@ class Bridge:
         request = job.request
         if job.claimed and isinstance(request, READ_ONLY):
             return  # answered "cannot decide" at the deadline; a query changes nothing, so it is not run late
-        close_old_connections()
         _sqlite_wait_until(job.deadline)
         outcome = ingest.process(job.machine_id, request)
         if outcome.reply is not None:

@@ -117,13 +117,6 @@ def _previous_end(machine_id: int, closed: Use | None = None) -> datetime | None
 
 
 def stop_use(machine_id: int, request: p.StopUse, now: datetime) -> Outcome:
-    outcome = _stop_use_recorded(machine_id, request, now)
-    if not request.replay:  # stamped after judging: a replay is judged against the live request before it
-        Machine.objects.filter(pk=machine_id).update(heard_live_at=now)
-    return outcome
-
-
-def _stop_use_recorded(machine_id: int, request: p.StopUse, now: datetime) -> Outcome:
     member = card_member(request.uid)
     done = p.simple_reply(True, f"Duration {request.duration} seconds")
     current = open_use(machine_id)
