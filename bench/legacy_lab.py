@@ -49,10 +49,26 @@ def build(path: Path, *, uses: int = 200_000, machines: int = 1000, members: int
     """Write the old database to ``path`` (replaced); returns the row count of each table."""
     if path.exists():
         path.unlink()
-    sample = sqlite3.connect(f"file:{SAMPLE}?mode=ro", uri=True)
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode = OFF")
     db.execute("PRAGMA synchronous = OFF")
+    names, admin = _schema(db)
+    now = int(time.time()) // DAY * DAY  # midnight UTC: the same file all day
+    p = {"now": now, "span": SPAN, "uses": uses, "machines": machines, "members": members, "open": OPEN_USES}
+    _people(db, p, admin)
+    _machines(db, p, names)
+    _history(db, p)
+    _boards(db, p)
+    db.commit()
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    counts = {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+    db.close()
+    return counts
+
+
+def _schema(db: sqlite3.Connection) -> tuple[list[str], list[tuple]]:
+    """The sample's tables, its roles and machine types; returns its machine names and its two admins' rows."""
+    sample = sqlite3.connect(f"file:{SAMPLE}?mode=ro", uri=True)
     ddl = sample.execute(
         "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
         "ORDER BY type = 'index', rowid"
@@ -67,9 +83,10 @@ def build(path: Path, *, uses: int = 200_000, machines: int = 1000, members: int
     ]
     admin = sample.execute("SELECT * FROM users WHERE user_id IN (1, 2) ORDER BY user_id").fetchall()
     sample.close()
+    return names, admin
 
-    now = int(time.time()) // DAY * DAY  # midnight UTC: the same file all day
-    p = {"now": now, "span": SPAN, "uses": uses, "machines": machines, "members": members, "open": OPEN_USES}
+
+def _people(db: sqlite3.Connection, p: dict[str, int], admin: list[tuple]) -> None:
     db.executemany(f"INSERT INTO users VALUES ({', '.join('?' * len(admin[0]))})", admin)
     # Old user_id m + 2 is member m. Roles: 2 Fab Staff, 3 Fab Users (authorize all), 5 Members.
     db.execute(
@@ -87,6 +104,10 @@ def build(path: Path, *, uses: int = 200_000, machines: int = 1000, members: int
         """,
         p,
     )
+
+
+def _machines(db: sqlite3.Connection, p: dict[str, int], names: list[str]) -> None:
+    now, machines = p["now"], p["machines"]
     db.executemany(
         "INSERT INTO machines VALUES (?, ?, ?, 0.0, ?, ?)",
         [(i, f"{names[i % len(names)]} #{i}", 1 + i % 3, i % 97 == 0, now - DAY - i) for i in range(1, machines + 1)],
@@ -111,6 +132,9 @@ def build(path: Path, *, uses: int = 200_000, machines: int = 1000, members: int
         """,
         p,
     )
+
+
+def _history(db: sqlite3.Connection, p: dict[str, int]) -> None:
     # Four interventions per item, 90 days apart, by a staff member (old user_id 52: member 50, Fab Staff).
     db.execute(
         """
@@ -151,6 +175,9 @@ def build(path: Path, *, uses: int = 200_000, machines: int = 1000, members: int
         "SELECT printf('DEAD%04X', i), :now - i * 3600.5, 1 + (i * 31) % :machines FROM s",
         p,
     )
+
+
+def _boards(db: sqlite3.Connection, p: dict[str, int]) -> None:
     # One board per machine (board_id = machine id), then 100 older ones that a newer board replaced.
     db.execute(
         _seq("s", ":machines")
@@ -167,11 +194,6 @@ def build(path: Path, *, uses: int = 200_000, machines: int = 1000, members: int
         "SELECT 1 + (i * 7) % :machines, '10.1.0.' || i, '0.9.2,esp32', :now - 400 * 86400, '?', NULL FROM s",
         p,
     )
-    db.commit()
-    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-    counts = {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
-    db.close()
-    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
