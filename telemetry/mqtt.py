@@ -42,8 +42,6 @@ clean shutdown). The first five keys are the old backend's::
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import logging
 import os
@@ -269,15 +267,14 @@ class Job:
     """One board request on its way through the bridge. Exactly one reply is ever published for it: by the worker
     that processed it, or by the watchdog when its deadline passed first (``request_ok: false``)."""
 
-    __slots__ = ("received", "machine_id", "request", "deadline", "_claimed", "_lock")
+    __slots__ = ("received", "machine_id", "request", "deadline", "_token")
 
     def __init__(self, received: float, machine_id: int, request: p.Request, deadline: float) -> None:
         self.received = received
         self.machine_id = machine_id
         self.request = request
         self.deadline = deadline
-        self._claimed = False
-        self._lock = threading.Lock()
+        self._token = [True]  # claimed by popping it: list.pop is atomic, no lock per request
 
     @property
     def expects_reply(self) -> bool:
@@ -285,15 +282,15 @@ class Job:
 
     @property
     def claimed(self) -> bool:
-        return self._claimed
+        return not self._token
 
     def claim(self) -> bool:
         """Take the right to answer: True once, for the first caller."""
-        with self._lock:
-            if self._claimed:
-                return False
-            self._claimed = True
-            return True
+        try:
+            self._token.pop()
+        except IndexError:
+            return False
+        return True
 
 
 class Dispatcher:
@@ -348,40 +345,37 @@ class Dispatcher:
 
 class Watchdog:
     """Answers ``request_ok: false`` for every request still unanswered at its deadline: the board is never left
-    without a reply (silence makes it disconnect and show "unresponsive"), whatever the database is doing."""
+    without a reply (silence makes it disconnect and show "unresponsive"), whatever the database is doing.
+
+    Every job gets the same delay, so deadlines come in arrival order: a deque, checked every ``TICK`` seconds
+    (one wake-up per tick, not per request; a reply is due by the deadline + TICK, still inside the board's 2 s).
+    """
+
+    TICK = 0.05
 
     def __init__(self, answer: Callable[[Job], None]) -> None:
         self._answer = answer
-        self._heap: list[tuple[float, int, Job]] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
-        self._stopping = False
+        self._jobs: deque[Job] = deque()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bridge-watchdog", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def watch(self, job: Job) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (job.deadline, next(self._seq), job))
-            if self._heap[0][2] is job:
-                self._cond.notify()
+        self._jobs.append(job)  # deque.append is atomic: no lock on paho's thread
 
     def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
+        self._stopping.set()
         self._thread.join(2)
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    self._cond.wait(None if not self._heap else max(0.0, self._heap[0][0] - time.monotonic()))
-                if self._stopping:
-                    return
-                _deadline, _seq, job = heapq.heappop(self._heap)
-            if not job.claimed:
+        while not self._stopping.wait(self.TICK):
+            now = time.monotonic()
+            while self._jobs and self._jobs[0].deadline <= now:
+                job = self._jobs.popleft()
+                if job.claimed:
+                    continue
                 try:
                     self._answer(job)
                 except Exception:
