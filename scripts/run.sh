@@ -22,6 +22,12 @@ proc_field() {
   echo "${fields[$2 - 1]}"
 }
 
+# bash cannot trap a signal that was ignored when it started, as SIGINT is in a background job of a script (or of a
+# CI runner): Ctrl-C or kill -INT would then stop nothing. Start again with SIGINT and SIGTERM at their defaults.
+if [ -n "$(trap -p INT TERM)" ] && [ -z "${FABOMATIC_RUN_SIGNALS:-}" ] && env --default-signal=INT true 2>/dev/null; then
+  FABOMATIC_RUN_SIGNALS=1 exec env --default-signal=INT,TERM "$self" "$@"
+fi
+
 # Ctrl-C on a terminal interrupts the terminal's foreground process group. Under `make run` that is make's, and
 # make dies of SIGINT ("Error 130") whatever its recipe does. So on a terminal this script runs itself again as a
 # job with its own process group, which job control makes the terminal's foreground: Ctrl-C reaches that copy only.

@@ -85,6 +85,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def stop_everything(pids: dict[str, int]) -> None:
+    """After a failure: SIGTERM to what a run left (honcho then stops the portal and the bridge), SIGKILL later."""
+    for pid in pids.values():
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while any(pid_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids.values():
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def lan_addresses() -> list[str]:
     out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
     return [a for a in out if ":" not in a and not a.startswith("127.")]
@@ -207,8 +220,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             if terminal.poll() is None:
                 terminal.ctrl_c()
                 if terminal.wait(30) is None:
-                    for pid in running.started_pids().values():
-                        os.kill(pid, signal.SIGKILL)
+                    stop_everything(running.started_pids())
                     os.kill(terminal.pid, signal.SIGKILL)
                     terminal.wait(10)
 
@@ -398,10 +410,12 @@ def test_without_a_terminal_orphans_a_labs_own_account_and_a_broker_on_loopback(
         finally:
             for run in (first, second):
                 if run and run.process.poll() is None:
-                    run.process.kill()
-            for pid in started_pids(tmp_path).values():
-                if pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+                    run.process.terminate()
+                    try:
+                        run.process.wait(30)
+                    except subprocess.TimeoutExpired:
+                        run.process.kill()
+            stop_everything(started_pids(tmp_path))
 
 
 def test_a_busy_portal_port_stops_everything_before_it_starts(tmp_path: Path) -> None:
