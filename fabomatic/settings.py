@@ -243,9 +243,10 @@ ONLINE_SECONDS = env("ONLINE_SECONDS")
 ORPHAN_SECONDS = env("ORPHAN_SECONDS")
 # The bridge's worker threads (requests of one machine in order, machines in parallel), and how long after a request
 # arrives it answers request_ok false if no decision was made (the board waits 2 s from its own publish).
-# SQLite has one writer and the threads share the GIL: 2 workers measured 2,440 replies/s against 2,060 with 4
-# (PostgreSQL: 4 workers 1,455/s against 905 with 1).
-BRIDGE_WORKERS = env.int("BRIDGE_WORKERS", default=2 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4)
+# SQLite has one writer and the threads share the GIL: 1 worker measured 2,450-2,650 replies/s against 1,900-2,440
+# with 2 and 2,060 with 4; spare workers join only while one job holds a worker (PostgreSQL: 4 workers 1,455/s
+# against 905 with 1).
+BRIDGE_WORKERS = env.int("BRIDGE_WORKERS", default=1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4)
 BRIDGE_REPLY_DEADLINE = env.float("BRIDGE_REPLY_DEADLINE", default=1.5)
 
 # --- GDPR -----------------------------------------------------------------------------------

@@ -83,6 +83,8 @@ PG_IDLE_IN_TRANSACTION_MS = 10_000
 CONNECT_TIMEOUT_S = 2  # libpq's minimum
 # A worker holding one job this long is stuck (a database that stopped answering): tick() adds a spare.
 STUCK_SECONDS = 5.0
+# A job holding a worker this long while others wait calls the spare workers in.
+OVERLOAD_SECONDS = 0.2
 # Queries: a query past its deadline was answered "cannot decide" by the watchdog and is not run late.
 READ_ONLY = (p.CheckMachine, p.CheckUser, p.InUse, p.SyncCache)
 _HOUSEKEEP = object()
@@ -353,8 +355,9 @@ class Watchdog:
 
     TICK = 0.05
 
-    def __init__(self, answer: Callable[[Job], None]) -> None:
+    def __init__(self, answer: Callable[[Job], None], on_tick: Callable[[], None] | None = None) -> None:
         self._answer = answer
+        self._on_tick = on_tick
         self._jobs: deque[Job] = deque()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bridge-watchdog", daemon=True)
@@ -371,6 +374,11 @@ class Watchdog:
 
     def _run(self) -> None:
         while not self._stopping.wait(self.TICK):
+            if self._on_tick is not None:
+                try:
+                    self._on_tick()
+                except Exception:
+                    logger.exception("watchdog tick failed")
             now = time.monotonic()
             while self._jobs and self._jobs[0].deadline <= now:
                 job = self._jobs.popleft()
@@ -408,7 +416,12 @@ class Bridge:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.dispatcher = Dispatcher()
-        self.watchdog = Watchdog(self._answer_late)
+        self.watchdog = Watchdog(self._answer_late, on_tick=self._check_overload)
+        self._overloaded = threading.Event()
+        self._spares = [
+            threading.Thread(target=self._spare, name=f"bridge-spare-{n + 1}", daemon=True)
+            for n in range(max(2, self.workers))
+        ]
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # set once the broker acknowledged the subscription
         self._stopping = threading.Event()
@@ -448,6 +461,8 @@ class Bridge:
         connection_created.connect(_limit_database_waits, dispatch_uid="bridge-db-waits")
         for _ in range(self.workers):
             self._add_worker()
+        for spare in self._spares:
+            spare.start()
         self.watchdog.start()
         self._stamper.start()
         self.live.start()
@@ -480,9 +495,9 @@ class Bridge:
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the messages in hand, then disconnect. Messages still queued are left to the boards' replays."""
         self._stopping.set()
-        self.dispatcher.stop(len(self._threads))
+        self.dispatcher.stop(len(self._threads) + len(self._spares))
         end = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in [*self._threads, *self._spares]:
             thread.join(max(0.1, end - time.monotonic()))
         self.watchdog.stop()
         self._stamper.join(max(0.1, end - time.monotonic()))
@@ -555,21 +570,55 @@ class Bridge:
                 key, item = self.dispatcher.get()
                 if key is _STOP:
                     return
-                with self._busy_lock:
-                    self._busy[name] = time.monotonic()
-                try:
-                    if item is _HOUSEKEEP:
-                        self.housekeep()
-                    else:
-                        self.handle(item)  # type: ignore[arg-type]
-                except Exception:  # a worker must survive anything
-                    logger.exception("bridge worker failed on a message")
-                finally:
-                    with self._busy_lock:
-                        self._busy.pop(name, None)
-                    self.dispatcher.done(key)
+                self._run_job(name, key, item)
         finally:
             connections.close_all()
+
+    def _spare(self) -> None:
+        """A spare worker: takes jobs only while a worker has been held by one job for OVERLOAD_SECONDS and others
+        wait. One busy worker is the fastest way through SQLite (threads share the GIL); the spares keep one slow
+        machine from holding up the others' replies."""
+        _persistent_connection()
+        name = threading.current_thread().name
+        try:
+            while not self._stopping.is_set():
+                if not self._overloaded.wait(0.5):
+                    continue
+                try:
+                    key, item = self.dispatcher.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if key is _STOP:
+                    return
+                self._run_job(name, key, item)
+        finally:
+            connections.close_all()
+
+    def _run_job(self, name: str, key: object, item: object) -> None:
+        with self._busy_lock:
+            self._busy[name] = time.monotonic()
+        try:
+            if item is _HOUSEKEEP:
+                self.housekeep()
+            else:
+                self.handle(item)  # type: ignore[arg-type]
+        except Exception:  # a worker must survive anything
+            logger.exception("bridge worker failed on a message")
+        finally:
+            with self._busy_lock:
+                self._busy.pop(name, None)
+            self.dispatcher.done(key)
+
+    def _check_overload(self) -> None:
+        """On the watchdog's tick: call the spares in while a job holds a worker and other jobs wait."""
+        now = time.monotonic()
+        with self._busy_lock:
+            busy = len(self._busy)
+            held = any(now - since > OVERLOAD_SECONDS for since in self._busy.values())
+        if held and self.dispatcher.qsize() > busy:
+            self._overloaded.set()
+        elif not held:
+            self._overloaded.clear()
 
     def _stamp(self) -> None:
         """The fast path's heartbeat stamps, written every FLUSH_EVERY s on their own thread: a locked database
