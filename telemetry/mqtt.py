@@ -15,8 +15,7 @@ Threads:
 - one thread writes the read-only requests' heartbeat stamps every 0.5 s (``fastpath.flush_heartbeats``);
 - one live thread broadcasts dashboard tiles and heartbeats (``machines.dashboard.events``), coalesced per machine,
   in batches;
-- the caller's thread (``mqtt_listen``) publishes stats every 5 s, schedules the housekeeping and adds a spare worker
-  when workers are stuck on a database that stopped answering.
+- the caller's thread (``mqtt_listen``) publishes stats every 5 s and schedules the housekeeping.
 
 Stats, published every 5 s on ``stats/<client id>`` (retained, QoS 0; a final one with ``"Connected": false`` on a
 clean shutdown). The first five keys are the old backend's::
@@ -81,8 +80,6 @@ PG_STAMP_LOCK_TIMEOUT_MS = 100
 PG_STATEMENT_TIMEOUT_MS = 1500
 PG_IDLE_IN_TRANSACTION_MS = 10_000
 CONNECT_TIMEOUT_S = 2  # libpq's minimum
-# A worker holding one job this long is stuck (a database that stopped answering): tick() adds a spare.
-STUCK_SECONDS = 5.0
 # A job holding a worker this long while others wait calls the spare workers in.
 OVERLOAD_SECONDS = 0.2
 # Queries: a query past its deadline was answered "cannot decide" by the watchdog and is not run late.
@@ -408,7 +405,6 @@ class Bridge:
         self.housekeeping_every = housekeeping_every
         self.stats_every = stats_every
         self.workers = workers or settings.BRIDGE_WORKERS
-        self.max_workers = 2 * self.workers  # spares for workers stuck on a database that stopped answering
         self.deadline = deadline or settings.BRIDGE_REPLY_DEADLINE
         self.client = build_client(client_id=self.client_id, conf=self.conf)
         self.client.on_connect = self._on_connect
@@ -475,7 +471,7 @@ class Bridge:
         thread.start()
 
     def tick(self) -> None:
-        """Publish stats, schedule the orphan housekeeping, replace stuck workers. Call about once a second."""
+        """Publish stats and schedule the orphan housekeeping when due. Call about once a second."""
         now = time.monotonic()
         if now >= self._next_stats:
             self._next_stats = now + self.stats_every
@@ -483,14 +479,6 @@ class Bridge:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self.housekeeping_every
             self.dispatcher.put(_HOUSEKEEP, _HOUSEKEEP)
-        with self._busy_lock:
-            stuck = sum(1 for since in self._busy.values() if now - since > STUCK_SECONDS)
-        alive = sum(1 for t in self._threads if t.is_alive())
-        if stuck and alive - stuck < self.workers and len(self._threads) < self.max_workers:
-            logger.warning(
-                "%d bridge worker(s) stuck on the database for over %.0f s: adding one", stuck, STUCK_SECONDS
-            )
-            self._add_worker()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the messages in hand, then disconnect. Messages still queued are left to the boards' replays."""

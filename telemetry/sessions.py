@@ -174,8 +174,8 @@ def _record_session(machine_id: int, member: Member, request: p.StopUse, now: da
         before = Use.objects.filter(machine_id=machine_id, started_at__lt=run[-1].started_at, ended_at__isnull=False)
         last_before = before.order_by("-started_at", "-id").first()
         earlier = last_before.ended_at if last_before is not None else None
-    else:
-        earlier = _previous_end(machine_id)
+    else:  # no use is open here: the latest one is the previous session
+        earlier = latest.ended_at if latest is not None else None
     since = max((t for t in (floor, earlier) if t is not None), default=None)
     verdict = services.judge_duration(request.duration, machine.type, since=None, now=now)
     if verdict is None and since is not None:

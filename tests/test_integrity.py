@@ -44,6 +44,19 @@ def meter(machine: Machine) -> float:
     return machine.hours
 
 
+def flagged_use(lab: Lab, flag: Use.Flag, *, reported: int, plausible_max: int) -> Use:
+    """A closed use of Nina on the laser, recorded now as the bridge records an implausible stopuse."""
+    return services.record_flagged_use(
+        member=lab.normal,
+        machine_id=lab.laser.pk,
+        at=timezone.now(),
+        reported=reported,
+        verdict=services.Implausible(flag, plausible_max),
+        closed=True,
+        replay=False,
+    )
+
+
 def assert_consistent(*machines: Machine) -> None:
     for machine in machines:
         assert services.meter_differences(machine) == [], machine
@@ -156,17 +169,7 @@ def test_corrections_accepts_and_meter_edits_all_equal_a_recount(lab: Lab) -> No
     services.delete_use(uses[3])
     services.set_hour_meter(lab.laser, 500.0)
     assert meter(lab.laser) == pytest.approx(500)
-    flagged = Use.objects.create(
-        member=lab.normal,
-        machine=lab.laser,
-        started_at=now,
-        ended_at=now,
-        last_seen=now,
-        duration=0,
-        flag=Use.Flag.BEYOND_WINDOW,
-        reported_duration=7200,
-        plausible_max=60,
-    )
+    flagged = flagged_use(lab, Use.Flag.BEYOND_WINDOW, reported=7200, plausible_max=60)
     assert_consistent(lab.laser)
     services.accept_flagged(flagged, reported=True)
     assert meter(lab.laser) == pytest.approx(502)
@@ -431,18 +434,7 @@ def test_any_sequence_of_board_and_staff_actions_leaves_counters_equal_to_a_reco
 
 def test_the_dashboard_tells_staff_about_uses_to_review(lab: Lab, admin_client) -> None:
     assert "implausible duration" not in admin_client.get("/admin/").content.decode()
-    now = timezone.now()
-    Use.objects.create(
-        member=lab.normal,
-        machine=lab.laser,
-        started_at=now,
-        ended_at=now,
-        last_seen=now,
-        duration=0,
-        flag=Use.Flag.BEYOND_LOGOFF,
-        reported_duration=10**9,
-        plausible_max=86_520,
-    )
+    flagged_use(lab, Use.Flag.BEYOND_LOGOFF, reported=10**9, plausible_max=86_520)
     page = admin_client.get("/admin/").content.decode()
     assert "1 use has an implausible duration" in page and "?open=flagged" in page
     listing = admin_client.get("/admin/machines/use/?open=flagged").content.decode()
