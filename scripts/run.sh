@@ -31,7 +31,9 @@ fi
 # Ctrl-C on a terminal interrupts the terminal's foreground process group. Under `make run` that is make's, and
 # make dies of SIGINT ("Error 130") whatever its recipe does. So on a terminal this script runs itself again as a
 # job with its own process group, which job control makes the terminal's foreground: Ctrl-C reaches that copy only.
-if [ -t 0 ] && [ -t 2 ] && [ -z "${FABOMATIC_RUN_JOB:-}" ] && [ "$(proc_field $$ 3 || true)" != "$$" ]; then
+# Only with a controlling terminal (/dev/tty opens): under `su - user -c 'make run'` (a new session, stdin still a
+# terminal) Ctrl-C reaches su, which sends SIGTERM to make, and make to this copy: a job copy would be left running.
+if [ -t 0 ] && [ -t 2 ] && { : >/dev/tty; } 2>/dev/null && [ -z "${FABOMATIC_RUN_JOB:-}" ] && [ "$(proc_field $$ 3 || true)" != "$$" ]; then
   set -m
   status=0
   FABOMATIC_RUN_JOB=1 "$self" "$@" || status=$?
