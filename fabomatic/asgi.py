@@ -15,9 +15,14 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import WebsocketDenier  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.core.signals import request_finished  # noqa: E402
 from django.http.request import split_domain_port, validate_host  # noqa: E402
 
+from fabomatic import memory  # noqa: E402
 from machines.dashboard.routing import websocket_urlpatterns  # noqa: E402
+
+memory.start_trimmer()
+request_finished.connect(memory.trim_soon, dispatch_uid="fabomatic-trim-soon")
 
 Origin = tuple[str, str, int]
 
@@ -56,7 +61,12 @@ class SameOriginValidator:
         domain, _port = split_domain_port(host)
         if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
             return False
-        return origin == parse_origin(f"{scope.get('scheme', 'ws')}://{host}")
+        scheme = scope.get("scheme")
+        if scheme is None:
+            # Daphne puts no scheme in a websocket's scope, over TLS or not (make run serves HTTPS itself): a port
+            # serves one scheme only, so the socket's origin is the page's scheme with the Host's host and port.
+            scheme = origin[0]
+        return origin == parse_origin(f"{scheme}://{host}")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if self.allowed(scope):

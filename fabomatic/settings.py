@@ -16,12 +16,16 @@ from urllib.parse import urlsplit
 import environ
 from django.utils.translation import gettext_lazy as _
 
+from fabomatic import memory
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("FABOMATIC_DATA_DIR", BASE_DIR / "var"))
 # The database (e-mails, card UIDs, password hashes), logs and backups are nobody else's: whatever umask the process
 # was started with, what it creates is 0640 (files) and 0750 (directories) or tighter (the units set UMask=0027).
 os.umask(os.umask(0o027) | 0o027)
 DATA_DIR.mkdir(mode=0o750, parents=True, exist_ok=True)
+# Before any thread starts: at most two malloc arenas per process (fabomatic/memory.py says why).
+memory.limit_arenas()
 
 env = environ.FileAwareEnv(
     DEBUG=(bool, False),
@@ -118,6 +122,10 @@ if FABOMATIC_PROCESS == "bridge":
         "telemetry",
     ]
     MIDDLEWARE = []
+    # redis-py and channels_redis import the optional `cryptography` when it is installed (the portal's TLS needs
+    # it), for OCSP checks and message encryption that the bridge never uses: 6 MB of its memory on a Raspberry Pi.
+    # Both fall back when the import fails, as on an install without it.
+    sys.modules.setdefault("cryptography", None)  # type: ignore[arg-type]
 
 ROOT_URLCONF = "fabomatic.urls"
 WSGI_APPLICATION = "fabomatic.wsgi.application"
@@ -151,7 +159,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "transaction_mode": "IMMEDIATE",
             "init_command": (
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; "
-                "PRAGMA busy_timeout=20000; PRAGMA cache_size=-20000;"
+                f"PRAGMA busy_timeout=20000; PRAGMA cache_size=-{env.int('SQLITE_CACHE_KB', default=4000)};"
             ),
         }
     )

@@ -305,6 +305,54 @@ async def test_a_page_on_another_port_of_the_same_host_cannot_open_the_dashboard
             assert json.loads(await asyncio.wait_for(socket.recv(), 10))["type"] == "snapshot"
 
 
+async def test_the_dashboard_goes_live_over_the_https_of_make_run(staff, tmp_path) -> None:
+    """scripts/web.sh serves TLS itself, and daphne puts no scheme in a websocket's scope: a page opened by any of
+    the portal's addresses (make run prints the host name and each LAN address) gets its live dashboard."""
+    import ssl
+
+    import websockets
+    from websockets.exceptions import InvalidStatus
+    from websockets.typing import Origin
+
+    from .browser import server_env
+    from .services import free_port, wait_for_port
+
+    cookie = await database_sync_to_async(_session_cookie)(staff)
+    port = free_port()
+    env = {
+        **server_env(connection.settings_dict["NAME"], redis_url=""),
+        "SECRET_KEY": django_settings.SECRET_KEY,
+        "FABOMATIC_DATA_DIR": str(tmp_path),  # its self-signed certificate
+        "WEB_PORT": str(port),
+        "BIND": "127.0.0.1",
+        "PUBLIC_URL": "https://fabpi.local:23336",  # not the address used: the socket's own origin lets it in
+    }
+    tls = ssl.create_default_context()
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    web = subprocess.Popen([str(ROOT / "scripts" / "web.sh")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    try:
+        await asyncio.to_thread(wait_for_port, port, 30)
+        for host in ("127.0.0.1", "localhost"):
+            async with websockets.connect(
+                f"wss://{host}:{port}/ws/dashboard/",
+                origin=Origin(f"https://{host}:{port}"),
+                additional_headers={"Cookie": cookie},
+                ssl=tls,
+            ) as socket:
+                assert json.loads(await asyncio.wait_for(socket.recv(), 10))["type"] == "snapshot"
+        with pytest.raises(InvalidStatus) as refused:  # a page on another port of the same host still cannot
+            await websockets.connect(
+                f"wss://127.0.0.1:{port}/ws/dashboard/",
+                origin=Origin(f"https://127.0.0.1:{port + 1}"),
+                additional_headers={"Cookie": cookie},
+                ssl=tls,
+            )
+        assert refused.value.response.status_code == 403
+    finally:
+        web.terminate()
+        web.wait(timeout=10)
+
+
 # --- Revocation: an open socket closes when its member loses access ---------------------------------------
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from fabomatic import memory
 from telemetry.mqtt import Bridge
 
 
@@ -39,6 +40,7 @@ class Command(BaseCommand):
             signal.signal(sig, self.on_signal)
         bridge = Bridge(client_id=options["client_id"] or None, housekeeping_every=options["housekeeping"])
         bridge.start()
+        memory.start_trimmer()
         self.stdout.write(f"Bridge {bridge.client_id} → {settings.MQTT['HOST']}:{settings.MQTT['PORT']}")
         while not self.shutdown.is_set():
             bridge.tick()
