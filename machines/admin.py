@@ -15,6 +15,7 @@ from django.db import models
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -409,11 +410,15 @@ class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
     # --- pages ------------------------------------------------------------------------------------
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
-        extra_context = extra_context or {}
-        extra_context["weekly_chart"] = lambda: charts.machines_weeks_chart(
-            charts.weekly_hours_per_machine(12), title=_("Hours of use per machine, last 12 weeks")
-        )
-        return super().changelist_view(request, extra_context)
+        response = super().changelist_view(request, extra_context)
+        if isinstance(response, TemplateResponse) and response.context_data and "cl" in response.context_data:
+            # The chart follows the list: the machines of this page, filtered and sorted.
+            changelist = response.context_data["cl"]
+            response.context_data["weekly_chart"] = lambda: charts.machines_weeks_chart(
+                charts.weekly_hours_per_machine(12, machines=changelist.result_list),
+                title=_("Hours of use per machine on this page, last 12 weeks"),
+            )
+        return response
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None

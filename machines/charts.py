@@ -6,6 +6,7 @@ The numbers are aggregated by the database (``Sum`` of ``Use.duration`` per week
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
@@ -79,18 +80,20 @@ def _bars(starts: list[date], row: dict, label: str) -> list[Bar]:
     return [Bar(s, formats.date_format(s, label), (row.get(f"p{i}") or 0) / 3600) for i, s in enumerate(starts)]
 
 
-def weekly_hours_per_machine(weeks: int = 12, today: date | None = None) -> list[MachineWeeks]:
-    """Hours of closed use per machine and week (the week a use started in), every machine listed."""
+def weekly_hours_per_machine(
+    weeks: int = 12, today: date | None = None, machines: Iterable[Machine] | None = None
+) -> list[MachineWeeks]:
+    """Hours of closed use per machine and week (the week a use started in): of ``machines`` in their order (the
+    machines list passes its page: a lab of 1,000 machines drew a 1.7 MB chart of all of them), else every machine."""
     starts = week_starts(weeks, today)
     end = starts[-1] + timedelta(weeks=1)
+    listed = list(Machine.objects.order_by("name") if machines is None else machines)
+    filters = Q() if machines is None else Q(machine_id__in=[m.pk for m in listed])
     rows = {
         row["machine_id"]: row
-        for row in _closed_uses(starts[0], end, Q()).values("machine_id").annotate(**_period_sums(starts, end))
+        for row in _closed_uses(starts[0], end, filters).values("machine_id").annotate(**_period_sums(starts, end))
     }
-    return [
-        MachineWeeks(machine=machine, bars=_bars(starts, rows.get(machine.pk, {}), "d/m"))
-        for machine in Machine.objects.order_by("name")
-    ]
+    return [MachineWeeks(machine=machine, bars=_bars(starts, rows.get(machine.pk, {}), "d/m")) for machine in listed]
 
 
 def weekly_hours(filters: Q, weeks: int = 12, today: date | None = None) -> list[Bar]:
