@@ -106,6 +106,7 @@ def mosquitto(extra_conf: str = "") -> Iterator[Broker]:
 @dataclass
 class Redis:
     port: int
+    pid: int = 0
 
     @property
     def url(self) -> str:
@@ -137,7 +138,7 @@ def redis_server() -> Iterator[Redis]:
         )
         try:
             wait_for_port(port)
-            yield Redis(port=port)
+            yield Redis(port=port, pid=proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
