@@ -348,6 +348,7 @@ class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
     list_display_links = ["id", "name"]
     list_filter = [OnlineFilter, MaintenanceFilter, "blocked", "type"]
     list_select_related = ["type", "board"]
+    list_per_page = 50  # each row draws badges and a 12-week chart row: 100 rows cost ~200 ms at 1,000 machines
     search_fields = ["name", "=id"]
     inlines = [MaintenancePlanInline, MachineAuthorizationInline, _board_inline()]
     fieldsets = [
