@@ -13,11 +13,13 @@ database is backed up into ``$FABOMATIC_DATA_DIR/backups/`` and the upload repla
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import shutil
 import sqlite3
 import subprocess
+import time
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
@@ -60,9 +62,18 @@ def expected_tables() -> dict[str, set[str]]:
     return tables
 
 
+PENDING_SECONDS = 3600  # an upload never confirmed is deleted after this long
+
+
 def pending_dir() -> Path:
+    """Where uploads wait for their confirmation; those older than PENDING_SECONDS are removed on the way."""
     directory = Path(settings.DATA_DIR) / "restore"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cutoff = time.time() - PENDING_SECONDS
+    for stale in directory.iterdir():
+        with contextlib.suppress(OSError):
+            if stale.stat().st_mtime < cutoff:
+                stale.unlink()
     return directory
 
 
