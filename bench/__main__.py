@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 
-MODULES = ["bench.bridge", "bench.portal", "bench.purge", "bench.footprint"]
+MODULES = ["bench.bridge", "bench.portal", "bench.pages", "bench.purge", "bench.footprint"]
 
 
 def main(argv: list[str] | None = None) -> int:

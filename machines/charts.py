@@ -76,8 +76,10 @@ def _period_sums(starts: list[date], end: date) -> dict[str, Sum]:
     }
 
 
-def _bars(starts: list[date], row: dict, label: str) -> list[Bar]:
-    return [Bar(s, formats.date_format(s, label), (row.get(f"p{i}") or 0) / 3600) for i, s in enumerate(starts)]
+def _bars(starts: list[date], row: dict, label: str, labels: list[str] | None = None) -> list[Bar]:
+    """``labels``: the periods' labels formatted once by a caller that draws many rows of the same periods."""
+    labels = labels or [formats.date_format(s, label) for s in starts]
+    return [Bar(s, labels[i], (row.get(f"p{i}") or 0) / 3600) for i, s in enumerate(starts)]
 
 
 def weekly_hours_per_machine(
@@ -93,7 +95,10 @@ def weekly_hours_per_machine(
         row["machine_id"]: row
         for row in _closed_uses(starts[0], end, filters).values("machine_id").annotate(**_period_sums(starts, end))
     }
-    return [MachineWeeks(machine=machine, bars=_bars(starts, rows.get(machine.pk, {}), "d/m")) for machine in listed]
+    labels = [formats.date_format(s, "d/m") for s in starts]  # 12, not 12 per machine
+    return [
+        MachineWeeks(machine=machine, bars=_bars(starts, rows.get(machine.pk, {}), "d/m", labels)) for machine in listed
+    ]
 
 
 def weekly_hours(filters: Q, weeks: int = 12, today: date | None = None) -> list[Bar]:

@@ -112,7 +112,10 @@ class AuthorizationInline(admin.TabularInline):
     verbose_name_plural = gettext_lazy("authorized machines")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Authorization]:
-        return super().get_queryset(request).select_related("machine")
+        return super().get_queryset(request).select_related("machine", "member")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # granted rows as text, an autocomplete for new ones (see MachineAuthorizationInline)
 
 
 class StatusFilter(admin.SimpleListFilter):

@@ -45,12 +45,12 @@ def sqlite_backup(destination: Path) -> Path:
     return destination
 
 
-def _pg_env() -> tuple[list[str], dict[str, str]]:
+def _pg_env(args: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
     s = connection.settings_dict
     env = dict(os.environ)
     if s.get("PASSWORD"):
         env["PGPASSWORD"] = str(s["PASSWORD"])
-    args = ["pg_dump", "--format=custom", "--no-owner"]
+    args = args or ["pg_dump", "--format=custom", "--no-owner"]
     if s.get("HOST"):
         args += ["--host", str(s["HOST"])]
     if s.get("PORT"):
@@ -58,6 +58,12 @@ def _pg_env() -> tuple[list[str], dict[str, str]]:
     if s.get("USER"):
         args += ["--username", str(s["USER"])]
     return [*args, str(s["NAME"])], env
+
+
+def pg_restore_args() -> tuple[list[str], dict[str, str]]:
+    """``pg_restore`` into the current database, replacing its objects in one transaction (the archive follows)."""
+    args, env = _pg_env(["pg_restore", "--clean", "--if-exists", "--single-transaction", "--no-owner"])
+    return [*args[:-1], "--dbname", args[-1]], env
 
 
 def pg_dump_available() -> bool:

@@ -35,6 +35,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from machines.models import Machine
@@ -42,7 +43,7 @@ from telemetry import credentials
 from telemetry.models import Board
 from telemetry.mqtt import STATS_TOPIC, build_client
 
-from . import backup
+from . import backup, tools
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ STATS_WAIT_SECONDS = 1.5
 STALE_AFTER = timedelta(seconds=15)  # the bridge publishes every 5 s
 LOG_LINES = 100
 SYSTEM_ROWS = 50  # rows of the boards and credentials tables
+# The navigation's entry for this page (the URL name, its label, who sees it), for whoever draws the menu.
+NAV_ENTRY = {"url_name": "fabomatic_system", "label": gettext_lazy("System"), "permission": "telemetry.view_board"}
 
 
 def _may_administer(request: HttpRequest) -> bool:
@@ -136,6 +139,8 @@ def bridge_stats() -> list[dict[str, Any]]:
         item["stale"] = when is None or now - when > STALE_AFTER
         item["time"] = when
         item["host"], item["ip"] = item.get("Backend host", ""), item.get("Backend IP", "")
+        latency = item.get("Latency")
+        item["latency"] = latency if isinstance(latency, dict) else {}
     if error is not None:
         stats = [{"topic": "", "error": error}]
     django_cache.set(STATS_CACHE_KEY, stats, STATS_CACHE_SECONDS)
@@ -175,6 +180,11 @@ def system_view(request: HttpRequest) -> HttpResponse:
         .order_by("up", F("last_seen").desc(nulls_last=True), "machine_id")[:SYSTEM_ROWS]
     )
     online = {board.pk for board in boards if board.last_seen is not None and board.last_seen >= online_after}
+    bridges = bridge_stats()
+    live = [b for b in bridges if b.get("Connected") and not b.get("stale")]  # a stopped bridge's figures are old
+    for board in boards:  # each board's reply latency, as the bridges measured it (median, max ms, replies)
+        figures = [b["latency"][key] for b in live if (key := str(board.machine_id)) in b.get("latency", {})]
+        board.latency = figures[0] if figures else None  # type: ignore[attr-defined]
     machines = list(
         Machine.objects.select_related("board_credential").order_by(F("board_credential").asc(nulls_first=True), "pk")[
             :SYSTEM_ROWS
@@ -196,10 +206,12 @@ def system_view(request: HttpRequest) -> HttpResponse:
         "online_count": Board.objects.filter(is_online).count(),
         "machines": machines,
         "machine_count": Machine.objects.count(),
-        "bridges": bridge_stats(),
+        "bridges": bridges,
         "broker": f"{settings.MQTT['HOST']}:{settings.MQTT['PORT']}",
         "logs": recent_log_lines(),
         "may_administer": _may_administer(request),
+        "resources": tools.resources(),
+        "settings_shown": tools.effective_settings() if _may_administer(request) else [],
         "now": timezone.now(),
     }
     return TemplateResponse(request, "admin/system.html", context)

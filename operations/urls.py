@@ -3,11 +3,13 @@
 from django.contrib import admin
 from django.urls import path
 
-from . import system
+from . import system, tools
 
 urlpatterns = [
     path("", admin.site.admin_view(system.system_view), name="fabomatic_system"),
     path("backup/", admin.site.admin_view(system.backup_view), name="fabomatic_system_backup"),
+    path("restore/", admin.site.admin_view(tools.restore_view), name="fabomatic_system_restore"),
+    path("logs/", admin.site.admin_view(tools.logs_view), name="fabomatic_system_logs"),
     path(
         "credentials/<int:machine_id>/",
         admin.site.admin_view(system.credentials_view),

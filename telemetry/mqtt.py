@@ -36,7 +36,9 @@ clean shutdown). The first five keys are the old backend's::
      "Started": "2026-06-20T10:00:00+00:00",  # when this bridge started (ISO 8601)
      "Time": "2026-06-20T10:05:00+00:00",     # when this stats message was built: older than ~15 s = stale
      "Client id": "fabomatic-fabpi-123",
-     "Shared": false}                   # MQTT 5 shared subscription in use
+     "Shared": false,                   # MQTT 5 shared subscription in use
+     "Latency": {"12": [3.1, 9.8, 32]}}  # per machine's board: median and max ms from receipt to reply, over
+                                        # its last LATENCY_WINDOW replies (the System page shows them)
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 STATS_TOPIC = "stats"
 STATS_EVERY = 5.0
+LATENCY_WINDOW = 32  # replies per board kept for its latency figures
 HOUSEKEEPING_EVERY = 60.0
 SHARE_GROUP = "fabomatic-bridge"
 # SQLite: give up on a locked database before the board's 2 s timeout and answer request_ok false instead.
@@ -437,6 +440,7 @@ class Bridge:
             "Flagged": 0,
         }
         self._stats_lock = threading.Lock()
+        self._latency: dict[int, deque[float]] = {}  # machine id → its last reply latencies (s); under _stats_lock
         self._drop_log = _RateLimit(per_second=5)
         self.started = _iso_now()
         self._next_stats = 0.0
@@ -450,6 +454,16 @@ class Bridge:
     def count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
             self.stats[key] += n
+
+    def sent(self, job: Job) -> None:
+        """Count a reply and keep its latency (an append under the lock the counter takes anyway)."""
+        took = time.monotonic() - job.received
+        with self._stats_lock:
+            self.stats["Sent"] += 1
+            window = self._latency.get(job.machine_id)
+            if window is None:
+                window = self._latency[job.machine_id] = deque(maxlen=LATENCY_WINDOW)
+            window.append(took)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -632,8 +646,8 @@ class Bridge:
         outcome = ingest.process(job.machine_id, request)
         if outcome.reply is not None:
             if job.claim():
+                self.sent(job)  # counted first: a board that has its reply finds it counted
                 self.client.publish(reply_topic(job.machine_id, self.conf), p.encode(outcome.reply), qos=0)
-                self.count("Sent")
             elif outcome.failed:
                 logger.warning("machine %s %s: not recorded, database unavailable", job.machine_id, request.action)
             else:
@@ -650,9 +664,9 @@ class Bridge:
         """The watchdog's answer: the backend could not decide in time (the board falls back to its cache)."""
         if not job.claim():
             return
-        self.client.publish(reply_topic(job.machine_id, self.conf), p.encode(p.unavailable_reply(job.request)), qos=0)
         self.count("Late")
-        self.count("Sent")
+        self.sent(job)
+        self.client.publish(reply_topic(job.machine_id, self.conf), p.encode(p.unavailable_reply(job.request)), qos=0)
         logger.warning(
             "machine %s %s: no decision within %.1f s, answered request_ok false",
             job.machine_id,
@@ -676,6 +690,11 @@ class Bridge:
     def stats_payload(self, connected: bool | None = None) -> dict[str, Any]:
         with self._stats_lock:
             counters = dict(self.stats)
+            windows = {machine: sorted(w) for machine, w in self._latency.items()}
+        latency = {
+            str(machine): [round(w[len(w) // 2] * 1000, 1), round(w[-1] * 1000, 1), len(w)]
+            for machine, w in windows.items()
+        }
         return {
             "Connected": self.connected.is_set() if connected is None else connected,
             "Backend host": self.host,
@@ -687,6 +706,7 @@ class Bridge:
             "Time": _iso_now(),
             "Client id": self.client_id,
             "Shared": bool(self.conf.get("SHARED_SUBSCRIPTION")),
+            "Latency": latency,
         }
 
     def publish_stats(self, connected: bool | None = None) -> mqtt.MQTTMessageInfo:
