@@ -77,7 +77,22 @@ admin.site.site_header = "Fab-O-Matic"
 admin.site.site_title = "Fab-O-Matic"
 admin.site.index_title = _("FabLab machines")
 admin.site.site_url = None  # the portal is the whole site: no "View site" link
-admin.site.enable_nav_sidebar = True
+# The portal's top navigation (fabomatic/templatetags/fabomatic_portal.py) replaces the sidebar of every app: the
+# sidebar took 300 px of a laptop's width and listed Django's internals first.
+admin.site.enable_nav_sidebar = False
+APP_ORDER = ("members", "machines", "telemetry")
+
+
+def _staff_first(app_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Members, machines and boards first; Django's groups and axes' login records last."""
+    rank = {label: i for i, label in enumerate(APP_ORDER)}
+    return sorted(app_list, key=lambda app: rank.get(app["app_label"], len(APP_ORDER)))
+
+
+_get_app_list = admin.site.get_app_list
+admin.site.get_app_list = lambda request, app_label=None: _staff_first(  # type: ignore[method-assign]
+    _get_app_list(request, app_label)
+)
 
 
 def format_hours(hours: float | None) -> str:

@@ -201,16 +201,13 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
         (
             gettext_lazy("Portal access"),
             {
-                "fields": ["is_staff", "password", "is_superuser"],
+                "fields": ["is_staff", "password"],
                 "description": gettext_lazy(
                     "Portal users log in with their e-mail address. Card holders need no password."
                 ),
             },
         ),
-        (
-            gettext_lazy("Extra permissions"),
-            {"fields": ["groups", "user_permissions"], "classes": ["collapse"]},
-        ),
+        # No superuser flag and no list of Django permissions here: what staff may do follows their role.
         (gettext_lazy("Dates"), {"fields": ["date_joined", "last_login", "deleted_at"], "classes": ["collapse"]}),
     ]
     add_fieldsets = [
