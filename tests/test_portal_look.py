@@ -9,15 +9,12 @@ theirs too, for a person to look at.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from io import BytesIO
 from pathlib import Path
 
-import openpyxl
 import polib
 import pytest
 from django.conf import settings
@@ -75,7 +72,9 @@ def _lab() -> dict:
             member=nina, machine=laser, started_at=start, ended_at=start + timedelta(minutes=30),
             last_seen=start + timedelta(minutes=30), duration=1800,
         )  # fmt: skip
-    Intervention.objects.create(machine=laser, member=nina, plan=laser.plans.get(), performed_at=now, machine_hours=12.5)
+    Intervention.objects.create(
+        machine=laser, member=nina, plan=laser.plans.get(), performed_at=now, machine_hours=12.5
+    )
     UnknownCard.objects.create(uid="deadbeef", machine=printer, seen_at=now)
     return {"machine": laser, "member": nina}
 
