@@ -9,6 +9,7 @@ theirs too, for a person to look at.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -228,3 +229,29 @@ def test_each_page_fits_the_screen_and_speaks_one_language(world: World, page: P
         _fits(page)
         if page.language == "it":  # type: ignore[attr-defined]
             assert _english_on(page) == []
+
+
+def test_words_and_numbers_read_right(world: World, page: Page) -> None:
+    it = page.language == "it"  # type: ignore[attr-defined]
+    _open(page, world.url + _pages(world)["machines"])
+    with _shot(page, "words-machines"):
+        # 0.25 h overdue is 0:15, never "0/0 h"; a blocked machine says so, in red.
+        assert "nozzle 200:00/0:15" in page.locator("#result_list").inner_text()
+        blocked = page.locator("#result_list tr", has_text="CNC MILL").locator(".fab-badge-error")
+        assert blocked.inner_text().strip().lower() == ("bloccata" if it else "blocked")
+        assert page.locator("#result_list img[alt]").count() == 0  # no ✔/✘ icons
+    _open(page, world.url + _pages(world)["machine"])
+    with _shot(page, "words-machine"):
+        text = page.locator("#content").inner_text()
+        assert "0 minutes ago" not in text and "0 minuti fa" not in text
+        assert re.search(r"\b0\.\d+ h\b|\b\d+[.,]\d h\b", text) is None, "hours as h:mm only"
+        assert "Only super users" not in text
+        # One date format on a page: no "Nov. 30, 2026" beside "11/30/2026".
+        assert re.search(r"[A-Z][a-z]{2}\. \d{1,2}, 20\d\d", text) is None
+    _open(page, world.url + _pages(world)["member"])
+    with _shot(page, "words-member"):
+        assert re.search(r"Last \d+ uses|Ultimi \d+ utilizzi", page.locator("#content").inner_text()) is None
+    _open(page, world.url + "/admin/members/member/?q=nina")
+    with _shot(page, "words-search"):
+        assert " total)" not in page.locator("#toolbar").inner_text()
+    _open(page, world.url + "/favicon.ico")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django import template
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
+
+from fabomatic.admin import format_hours, short_datetime
 
 register = template.Library()
 
@@ -44,3 +48,15 @@ INTERNAL_APPS = ("auth", "axes")
 def staff_apps(app_list: list[dict], internal: bool = False) -> list[dict]:
     """The admin index's apps that staff use every day, or with ``internal`` the others."""
     return [app for app in app_list if (app["app_label"] in INTERNAL_APPS) == internal]
+
+
+@register.filter
+def hours(value: float | None) -> str:
+    """The portal's one hours format, h:mm (as the hour meter reads)."""
+    return format_hours(value)
+
+
+@register.filter
+def short_dt(value: datetime | None) -> str:
+    """The portal's one date-and-time format, as in the lists' columns."""
+    return short_datetime(value)
