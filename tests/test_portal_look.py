@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from io import BytesIO
 from pathlib import Path
 
+import openpyxl
 import polib
 import pytest
 from django.conf import settings
@@ -255,3 +257,28 @@ def test_words_and_numbers_read_right(world: World, page: Page) -> None:
     with _shot(page, "words-search"):
         assert " total)" not in page.locator("#toolbar").inner_text()
     _open(page, world.url + "/favicon.ico")
+
+
+def test_one_click_exports_the_filtered_list(world: World, page: Page) -> None:
+    it = page.language == "it"  # type: ignore[attr-defined]
+    _open(page, f"{world.url}/admin/machines/use/?machine__id__exact={world.machine.pk}")
+    with _shot(page, "export"):
+        link = page.locator("a.export_link")
+        assert link.is_visible()
+        with page.expect_download() as info:
+            link.click()
+        book = openpyxl.load_workbook(BytesIO(info.value.path().read_bytes()), read_only=True)
+        assert book.sheetnames == ["Utilizzi" if it else "Uses"]
+        rows = [r for r in book.active.iter_rows(values_only=True) if any(v is not None for v in r)]
+        assert ("Macchina" if it else "Machine") in rows[0]
+        assert len(rows) - 1 == Use.objects.filter(machine=world.machine).count()
+
+
+def test_the_unknown_cards_panel_is_clear_of_the_buttons(world: World, page: Page) -> None:
+    _open(page, world.url + _pages(world)["members"])
+    with _shot(page, "unknown-cards"):
+        panel = page.locator(".fab-unknown-cards").bounding_box()
+        for button in page.locator(".object-tools a").all():
+            box = button.bounding_box()
+            assert panel is not None and box is not None
+            assert box["y"] + box["height"] <= panel["y"] or box["y"] >= panel["y"] + panel["height"]
