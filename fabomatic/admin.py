@@ -5,8 +5,10 @@ Site-wide pieces only; each app's admin lives in its own ``admin.py``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
+from functools import partial
 from typing import Any
 
 from django.contrib import admin, messages
@@ -71,6 +73,28 @@ class ExcelExportMixin(ExportActionMixin):
 
     def get_export_filename(self, request: HttpRequest, queryset: QuerySet, file_format: Any) -> str:
         return f"{self._list_name()} {timezone.localdate().isoformat()}.{file_format.get_extension()}"
+
+
+class AddAnotherMixin:
+    """Inlines may say their whole "Add another …" text (``add_another``), so Italian can agree in gender.
+
+    Django builds it as "Add another %(verbose_name)s" for every model, and Italian's one translation, "Aggiungi
+    un altro", read "Aggiungi un altro Tessera" for a feminine model ("un'altra tessera").
+    """
+
+    def get_inline_formsets(self, request: HttpRequest, formsets: Any, inline_instances: Any, obj: Any = None) -> Any:
+        result = super().get_inline_formsets(request, formsets, inline_instances, obj)  # type: ignore[misc]
+        for formset in result:
+            text = getattr(formset.opts, "add_another", None)
+            if text:
+                formset.inline_formset_data = partial(_add_text, formset.inline_formset_data, text)
+        return result
+
+
+def _add_text(data: Any, text: str) -> str:
+    options = json.loads(data())
+    options["options"]["addText"] = str(text)
+    return json.dumps(options)
 
 
 class InUseDeleteMixin:

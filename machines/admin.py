@@ -24,6 +24,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from fabomatic.admin import (
+    AddAnotherMixin,
     CappedPaginator,
     DateRangeFilter,
     ExcelExportMixin,
@@ -256,6 +257,7 @@ class MaintenancePlanInline(admin.TabularInline):
     fields = ["description", "hours_between", "lcd_message", "instructions_url", "status", "record"]
     readonly_fields = ["status", "record"]
     verbose_name_plural = gettext_lazy("maintenance plan")
+    add_another = gettext_lazy("Add another maintenance item")
 
     @admin.display(description=gettext_lazy("since last intervention"))
     def status(self, plan: MaintenancePlan) -> str:
@@ -283,6 +285,7 @@ class MachineAuthorizationInline(admin.TabularInline):
     readonly_fields = ["granted_at"]
     autocomplete_fields = ["member"]
     verbose_name_plural = gettext_lazy("authorized members")
+    add_another = gettext_lazy("Add another authorization")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Authorization]:
         return super().get_queryset(request).select_related("member")
@@ -307,7 +310,7 @@ def _board_inline() -> type[admin.StackedInline]:
 
 
 @admin.register(Machine)
-class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
+class MachineAdmin(AddAnotherMixin, LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
     machine_field = None
     resource_classes = [MachineResource]
     show_change_form_export = False

@@ -18,7 +18,7 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from fabomatic.admin import ExcelExportMixin, InUseDeleteMixin, badge, format_seconds
+from fabomatic.admin import AddAnotherMixin, ExcelExportMixin, InUseDeleteMixin, badge, format_seconds
 from fabomatic.http import acting_member
 from machines import charts
 from machines.models import Authorization, Use
@@ -101,6 +101,7 @@ class CardInline(admin.TabularInline):
     fields = ["uid", "active", "created_at"]
     readonly_fields = ["created_at"]
     verbose_name_plural = gettext_lazy("cards (a member may have several; untick lost ones)")
+    add_another = gettext_lazy("Add another card")
 
 
 class AuthorizationInline(admin.TabularInline):
@@ -110,6 +111,7 @@ class AuthorizationInline(admin.TabularInline):
     readonly_fields = ["granted_at"]
     autocomplete_fields = ["machine"]
     verbose_name_plural = gettext_lazy("authorized machines")
+    add_another = gettext_lazy("Add another authorization")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Authorization]:
         return super().get_queryset(request).select_related("machine")
@@ -173,7 +175,7 @@ class HasCardFilter(admin.SimpleListFilter):
 
 
 @admin.register(Member)
-class MemberAdmin(ExcelExportMixin, UserAdmin):
+class MemberAdmin(AddAnotherMixin, ExcelExportMixin, UserAdmin):
     form = MemberChangeForm
     add_form = MemberAddForm
     add_form_template = None  # our change_form.html serves both
