@@ -59,6 +59,7 @@ PASSWORD_PAGE = [
 ]
 
 EXPORT = [
+    gettext_noop("Export"),  # import-export's Italian says "Esportare" (the infinitive) on a button
     gettext_noop("This exporter will export the following fields: "),
     gettext_noop("Select all"),
     gettext_noop("Resource"),
