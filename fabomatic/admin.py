@@ -69,7 +69,7 @@ class ExcelExportMixin(ExportActionMixin):
         return data
 
     def _list_name(self) -> str:
-        return capfirst(str(self.model._meta.verbose_name_plural))  # type: ignore[attr-defined]
+        return capfirst(str(self.model._meta.verbose_name_plural))
 
     def get_export_filename(self, request: HttpRequest, queryset: QuerySet, file_format: Any) -> str:
         return f"{self._list_name()} {timezone.localdate().isoformat()}.{file_format.get_extension()}"

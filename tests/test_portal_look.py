@@ -17,8 +17,8 @@ from datetime import timedelta
 from io import BytesIO
 from pathlib import Path
 
+import django
 import openpyxl
-import polib
 import pytest
 from django.conf import settings
 from django.core.management import call_command
@@ -32,6 +32,7 @@ from telemetry.models import Board
 
 from .browser import chromium, daphne, log_in, screenshot, server_env
 from .services import ROOT
+from .test_i18n import read_po
 
 pytestmark = pytest.mark.browser
 
@@ -123,8 +124,8 @@ def page(request, world: World) -> Iterator[Page]:
     context = world.browser.new_context(
         viewport={"width": width, "height": height}, is_mobile=phone, has_touch=phone, accept_downloads=True
     )
-    cookie = {"name": settings.LANGUAGE_COOKIE_NAME, "value": language, "url": world.url}
-    context.add_cookies([*world.cookies, cookie])
+    context.add_cookies(world.cookies)
+    context.add_cookies([{"name": settings.LANGUAGE_COOKIE_NAME, "value": language, "url": world.url}])
     the_page = context.new_page()
     the_page.look_name = f"page-{viewport}-{language}"  # type: ignore[attr-defined]
     the_page.language = language  # type: ignore[attr-defined]
@@ -172,14 +173,14 @@ def _english_strings() -> set[str]:
     password page), axes' (it has no Italian) and the project's; a phrase the project deliberately keeps the same
     in Italian is left out.
     """
-    site = Path(polib.__file__).parent
-    project = polib.pofile(str(ROOT / "locale/it/LC_MESSAGES/django.po"))
+    site = Path(django.__file__).parent.parent  # site-packages, where Django and the libraries are
+    project = read_po(ROOT / "locale/it/LC_MESSAGES/django.po")
     same = {e.msgid for e in project if e.msgstr == e.msgid}
     catalogs = [project]
     for app in ("django/contrib/admin", "django/contrib/auth"):
-        catalogs += [polib.pofile(str(p)) for p in (site / app / "locale/en/LC_MESSAGES").glob("django*.po")]
-    catalogs.append(polib.pofile(str(site / "import_export/locale/it/LC_MESSAGES/django.po")))
-    catalogs.append(polib.pofile(str(site / "axes/locale/de/LC_MESSAGES/django.po")))
+        catalogs += [read_po(p) for p in (site / app / "locale/en/LC_MESSAGES").glob("django*.po")]
+    catalogs.append(read_po(site / "import_export/locale/it/LC_MESSAGES/django.po"))
+    catalogs.append(read_po(site / "axes/locale/de/LC_MESSAGES/django.po"))
     strings = set()
     for catalog in catalogs:
         for entry in catalog:
