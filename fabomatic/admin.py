@@ -5,8 +5,10 @@ Site-wide pieces only; each app's admin lives in its own ``admin.py``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
+from functools import partial
 from typing import Any
 
 from django.contrib import admin, messages
@@ -20,6 +22,7 @@ from django.utils.dateparse import parse_date
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 from import_export.admin import ExportActionMixin
 from import_export.formats.base_formats import XLSX
@@ -43,9 +46,15 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ExcelExportMixin(ExportActionMixin):
-    """Export the current changelist (filters and search honoured) or the selected rows, as Excel only."""
+    """Export the current changelist (filters and search honoured) or the selected rows, as Excel only.
+
+    One click: the Export button (and the *Export selected* action) downloads the file at once. import-export's
+    form in between only offered one format and a checklist of developer labels ("Started At (started)").
+    """
 
     show_change_form_export = False
+    skip_export_form = True
+    skip_export_form_from_action = True
 
     def get_export_formats(self) -> list[type]:
         return [SafeXLSX]
@@ -53,7 +62,39 @@ class ExcelExportMixin(ExportActionMixin):
     def get_data_for_export(self, request: HttpRequest, queryset: QuerySet, **kwargs: Any) -> Any:
         # Native numbers and dates in the sheet (import-export only does this for its own XLSX class).
         kwargs["force_native_type"] = True
-        return super().get_data_for_export(request, queryset, **kwargs)
+        data = super().get_data_for_export(request, queryset, **kwargs)
+        # Headers in the user's language, capitalised; the sheet named after the list (was "Tablib Dataset").
+        data.headers = [capfirst(str(header)) for header in data.headers]
+        data.title = self._list_name()[:31]  # Excel's limit for a sheet name
+        return data
+
+    def _list_name(self) -> str:
+        return capfirst(str(self.model._meta.verbose_name_plural))
+
+    def get_export_filename(self, request: HttpRequest, queryset: QuerySet, file_format: Any) -> str:
+        return f"{self._list_name()} {timezone.localdate().isoformat()}.{file_format.get_extension()}"
+
+
+class AddAnotherMixin:
+    """Inlines may say their whole "Add another …" text (``add_another``), so Italian can agree in gender.
+
+    Django builds it as "Add another %(verbose_name)s" for every model, and Italian's one translation, "Aggiungi
+    un altro", read "Aggiungi un altro Tessera" for a feminine model ("un'altra tessera").
+    """
+
+    def get_inline_formsets(self, request: HttpRequest, formsets: Any, inline_instances: Any, obj: Any = None) -> Any:
+        result = super().get_inline_formsets(request, formsets, inline_instances, obj)  # type: ignore[misc]
+        for formset in result:
+            text = getattr(formset.opts, "add_another", None)
+            if text:
+                formset.inline_formset_data = partial(_add_text, formset.inline_formset_data, text)
+        return result
+
+
+def _add_text(data: Any, text: str) -> str:
+    options = json.loads(data())
+    options["options"]["addText"] = str(text)
+    return json.dumps(options)
 
 
 class InUseDeleteMixin:
@@ -77,7 +118,22 @@ admin.site.site_header = "Fab-O-Matic"
 admin.site.site_title = "Fab-O-Matic"
 admin.site.index_title = _("FabLab machines")
 admin.site.site_url = None  # the portal is the whole site: no "View site" link
-admin.site.enable_nav_sidebar = True
+# The portal's top navigation (fabomatic/templatetags/fabomatic_portal.py) replaces the sidebar of every app: the
+# sidebar took 300 px of a laptop's width and listed Django's internals first.
+admin.site.enable_nav_sidebar = False
+APP_ORDER = ("members", "machines", "telemetry")
+
+
+def _staff_first(app_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Members, machines and boards first; Django's groups and axes' login records last."""
+    rank = {label: i for i, label in enumerate(APP_ORDER)}
+    return sorted(app_list, key=lambda app: rank.get(app["app_label"], len(APP_ORDER)))
+
+
+_get_app_list = admin.site.get_app_list
+admin.site.get_app_list = lambda request, app_label=None: _staff_first(  # type: ignore[method-assign]
+    _get_app_list(request, app_label)
+)
 
 
 def format_hours(hours: float | None) -> str:

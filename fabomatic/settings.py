@@ -199,6 +199,8 @@ AXES_USERNAME_FORM_FIELD = "username"
 LANGUAGE_CODE = env("LANGUAGE_CODE")
 LANGUAGES = [("en", _("English")), ("it", _("Italian"))]
 LOCALE_PATHS = [BASE_DIR / "locale"]
+# One date format per language, the short one (fabomatic/formats/<lang>/formats.py).
+FORMAT_MODULE_PATH = ["fabomatic.formats"]
 TIME_ZONE = env("TIME_ZONE")
 USE_I18N = True
 USE_TZ = True

@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
@@ -9,6 +10,8 @@ from members.views import member_report_view
 urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
+    # Browsers ask for /favicon.ico whatever the page links: without this, every tab adds a 404 to the log.
+    path("favicon.ico", RedirectView.as_view(url=static("fabomatic/favicon.svg"), permanent=True)),
     # Password reset through Django's own flow (linked from the login page).
     path(
         "admin/password_reset/",

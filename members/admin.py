@@ -18,7 +18,7 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from fabomatic.admin import ExcelExportMixin, InUseDeleteMixin, badge, format_seconds
+from fabomatic.admin import AddAnotherMixin, ExcelExportMixin, InUseDeleteMixin, badge, format_seconds
 from fabomatic.http import acting_member
 from machines import charts
 from machines.models import Authorization, Use
@@ -101,6 +101,7 @@ class CardInline(admin.TabularInline):
     fields = ["uid", "active", "created_at"]
     readonly_fields = ["created_at"]
     verbose_name_plural = gettext_lazy("cards (a member may have several; untick lost ones)")
+    add_another = gettext_lazy("Add another card")
 
 
 class AuthorizationInline(admin.TabularInline):
@@ -110,6 +111,7 @@ class AuthorizationInline(admin.TabularInline):
     readonly_fields = ["granted_at"]
     autocomplete_fields = ["machine"]
     verbose_name_plural = gettext_lazy("authorized machines")
+    add_another = gettext_lazy("Add another authorization")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Authorization]:
         return super().get_queryset(request).select_related("machine", "member")
@@ -176,7 +178,7 @@ class HasCardFilter(admin.SimpleListFilter):
 
 
 @admin.register(Member)
-class MemberAdmin(ExcelExportMixin, UserAdmin):
+class MemberAdmin(AddAnotherMixin, ExcelExportMixin, UserAdmin):
     form = MemberChangeForm
     add_form = MemberAddForm
     add_form_template = None  # our change_form.html serves both
@@ -204,16 +206,13 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
         (
             gettext_lazy("Portal access"),
             {
-                "fields": ["is_staff", "password", "is_superuser"],
+                "fields": ["is_staff", "password"],
                 "description": gettext_lazy(
                     "Portal users log in with their e-mail address. Card holders need no password."
                 ),
             },
         ),
-        (
-            gettext_lazy("Extra permissions"),
-            {"fields": ["groups", "user_permissions"], "classes": ["collapse"]},
-        ),
+        # No superuser flag and no list of Django permissions here: what staff may do follows their role.
         (gettext_lazy("Dates"), {"fields": ["date_joined", "last_login", "deleted_at"], "classes": ["collapse"]}),
     ]
     add_fieldsets = [

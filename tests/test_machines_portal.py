@@ -154,7 +154,7 @@ def test_a_machine_type_with_machines_is_not_deleted_and_says_why(admin_client: 
 def test_the_machines_list_shows_overdue_maintenance(admin_client: Client, lab: Lab) -> None:
     Machine.objects.filter(pk=lab.laser.pk).update(hours=12.5)
     page = admin_client.get(reverse("admin:machines_machine_changelist")).content.decode()
-    assert "fab-badge-error" in page and "pulire lente 12/10 h" in page
+    assert "fab-badge-error" in page and "pulire lente 12:30/10:00" in page  # hours as h:mm, as the hour meter
     due = admin_client.get(reverse("admin:machines_machine_changelist"), {"maintenance": "due"})
     assert [m.pk for m in due.context["cl"].result_list] == [lab.laser.pk]
 

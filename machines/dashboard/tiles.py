@@ -15,7 +15,7 @@ from typing import Any, Literal, TypedDict
 from django.conf import settings
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.utils.translation import gettext
+from django.utils.translation import gettext, npgettext
 from django.utils.translation import gettext_lazy as _
 
 from machines import services
@@ -30,6 +30,17 @@ STATE_LABELS: dict[State, Any] = {
     "offline": _("Offline"),
     "free": _("Free"),
 }
+
+
+def counter_labels() -> dict[str, list[str]]:
+    """Each counter's label for one machine and for several (Italian: "1 libera", "4 libere")."""
+    return {
+        "in_use": [npgettext("machines counter", "In use", "In use", n) for n in (1, 2)],
+        "blocked": [npgettext("machines counter", "Blocked", "Blocked", n) for n in (1, 2)],
+        "maintenance": [npgettext("machines counter", "Maintenance", "Maintenance", n) for n in (1, 2)],
+        "offline": [npgettext("machines counter", "Offline", "Offline", n) for n in (1, 2)],
+        "free": [npgettext("machines counter", "Free", "Free", n) for n in (1, 2)],
+    }
 
 
 class Tile(TypedDict):
@@ -133,6 +144,7 @@ def page_context(now: datetime | None = None) -> dict[str, Any]:
     except NoReverseMatch:
         machine_url = ""
     labels = {state: str(label) for state, label in STATE_LABELS.items()}
+    counters = counter_labels()
     rows = []
     for tile in all_tiles:
         since = datetime.fromisoformat(tile["since"]) if tile["since"] else None
@@ -150,7 +162,9 @@ def page_context(now: datetime | None = None) -> dict[str, Any]:
     return {
         "tiles": rows,
         "tiles_data": all_tiles,
-        "counters": [{"state": state, "label": labels[state], "count": counts[state]} for state in STATES],
+        "counters": [
+            {"state": state, "label": counters[state][counts[state] != 1], "count": counts[state]} for state in STATES
+        ],
         "machine_count": len(all_tiles),
         # Uses recorded with an implausible duration, waiting for staff (a count on a partial index).
         "flagged_uses": Use.objects.exclude(flag=Use.Flag.NONE).count(),
@@ -159,6 +173,7 @@ def page_context(now: datetime | None = None) -> dict[str, Any]:
         # Texts the script needs, in the page's language.
         "labels": {
             "states": labels,
+            "counters": counters,
             "live": gettext("Live"),
             "connecting": gettext("Connecting…"),
             "reconnecting": gettext("Not live, reconnecting… (state at %(time)s)"),

@@ -106,7 +106,7 @@
     setText(el.querySelector(".fab-tile-maint"), tile.maintenance || "");
     var fw = el.querySelector(".fab-tile-fw");
     setText(fw, tile.firmware || "—");
-    fw.title = (labels.firmware || fw.title.split(" · ")[0]) + (tile.ip ? " · " + tile.ip : "");
+    setText(el.querySelector(".fab-tile-ip"), tile.ip || "");
     var seen = el.querySelector(".fab-tile-seen");
     if (tile.last_seen) seen.setAttribute("datetime", tile.last_seen); else seen.removeAttribute("datetime");
     setText(seen, ago(tile.last_seen, now));
@@ -120,6 +120,9 @@
     Object.keys(tiles).forEach(function (id) { counts[draw(tiles[id], now)] += 1; });
     STATES.forEach(function (s) {
       setText(root.querySelector('.fab-counter[data-state="' + s + '"] .fab-count'), String(counts[s]));
+      // The label agrees with the count (Italian: "1 libera", "4 libere"); the server picked the same form.
+      var forms = labels.counters && labels.counters[s];
+      if (forms) setText(root.querySelector('.fab-counter[data-state="' + s + '"] .fab-counter-label'), forms[counts[s] === 1 ? 0 : 1]);
     });
     setText(document.getElementById("fab-machine-count"), String(Object.keys(tiles).length));
   }
