@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import platform
@@ -90,3 +91,11 @@ def start_trimmer(interval: float | None = None) -> threading.Thread | None:
     thread = threading.Thread(target=run, name="malloc-trim", daemon=True)
     thread.start()
     return thread
+
+
+def freeze_startup_objects() -> None:
+    """Move everything made so far (modules, settings, URL patterns, templates...) out of the garbage collector's
+    sight: its full collections no longer walk those hundreds of thousands of objects, which cost the dashboard of
+    1,000 machines ~30 ms a page. Call once, when the process has started."""
+    gc.collect()
+    gc.freeze()

@@ -107,3 +107,13 @@ def test_the_bridge_runs_without_the_cryptography_that_only_the_portal_needs() -
     env["DJANGO_SETTINGS_MODULE"] = "fabomatic.settings"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['cryptography']", out.stdout  # the blocked entry itself, nothing imported
+
+
+def test_the_portal_and_the_bridge_hide_their_startup_objects_from_the_garbage_collector() -> None:
+    code = "import gc, django; import fabomatic.asgi; print(gc.get_freeze_count())"
+    env = {**os.environ, "SECRET_KEY": "x", "FABOMATIC_ENV_FILE": "/nonexistent"}
+    env["DJANGO_SETTINGS_MODULE"] = "fabomatic.settings"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout) > 100_000, out.stdout  # Django, the admin, the URL patterns: frozen, not walked
+    source = (ROOT / "telemetry" / "management" / "commands" / "mqtt_listen.py").read_text()
+    assert "memory.freeze_startup_objects()" in source

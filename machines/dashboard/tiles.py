@@ -9,10 +9,11 @@ tiles when they change.
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypedDict
 
 from django.conf import settings
+from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.translation import gettext, npgettext
@@ -146,15 +147,24 @@ def page_context(now: datetime | None = None) -> dict[str, Any]:
     labels = {state: str(label) for state, label in STATE_LABELS.items()}
     counters = counter_labels()
     rows = []
+    seen_texts: dict[int, str] = {}  # "3 minutes ago" depends on the delta only: a lab's boards share a few deltas
     for tile in all_tiles:
         since = datetime.fromisoformat(tile["since"]) if tile["since"] else None
         last_seen = datetime.fromisoformat(tile["last_seen"]) if tile["last_seen"] else None
+        seen = ""
+        if last_seen is not None:
+            seconds = int((now - last_seen).total_seconds())
+            key = seconds if abs(seconds) < 3600 else seconds // 60 * 60  # below an hour the text shows seconds
+            if key not in seen_texts:
+                seen_texts[key] = str(naturaltime(now - timedelta(seconds=key)))
+            seen = seen_texts[key]
         rows.append(
             {
                 **tile,
                 "label": labels[tile["state"]],
                 "since_dt": since,
                 "last_seen_dt": last_seen,
+                "seen": seen,
                 "elapsed": elapsed_text(since, now) if since else "",
                 "url": machine_url.replace("/0/", f"/{tile['id']}/") if machine_url else "",
             }

@@ -41,6 +41,7 @@ class Command(BaseCommand):
         bridge = Bridge(client_id=options["client_id"] or None, housekeeping_every=options["housekeeping"])
         bridge.start()
         memory.start_trimmer()
+        memory.freeze_startup_objects()
         self.stdout.write(f"Bridge {bridge.client_id} → {settings.MQTT['HOST']}:{settings.MQTT['PORT']}")
         while not self.shutdown.is_set():
             bridge.tick()
