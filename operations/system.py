@@ -20,7 +20,7 @@ from datetime import timedelta
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import django
 import paho.mqtt.client as mqtt
@@ -45,6 +45,9 @@ from telemetry.mqtt import STATS_TOPIC, build_client
 
 from . import backup, tools
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
 logger = logging.getLogger(__name__)
 
 STATS_CACHE_KEY = "fabomatic:system:bridge-stats"
@@ -63,7 +66,7 @@ def _may_administer(request: HttpRequest) -> bool:
 
 
 @cache
-def _versions_static() -> dict[str, str]:
+def _versions_static() -> dict[StrOrPromise, str]:  # cached: the label is lazy, translated when shown
     try:
         pyproject = tomllib.loads((Path(settings.BASE_DIR) / "pyproject.toml").read_text())
         app = pyproject["project"]["version"]
@@ -87,7 +90,7 @@ def _versions_static() -> dict[str, str]:
         "Django": django.get_version(),
         "paho-mqtt": paho,
         "Mosquitto": mosquitto,
-        "Platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+        gettext_lazy("Platform"): f"{platform.system()} {platform.release()} {platform.machine()}",
     }
 
 
