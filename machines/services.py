@@ -59,7 +59,7 @@ class AccessDecision:
 
 
 def board_level(member: Member) -> Level:
-    """Level 2 for roles that may record maintenance on a board or that authorize all (M1, M2)."""
+    """Level 2 only for roles that may record maintenance (M2): it passes the board's "maintenance needed" lock."""
     return Level.STAFF if member.role.is_staff_level else Level.NORMAL
 
 
@@ -73,7 +73,7 @@ def check_access(member: Member, machine: Machine, *, authorized: bool | None = 
     if member.deleted_at is not None:
         return AccessDecision(False, Level.INVALID, Refusal.DELETED)
     if member.role.authorize_all:
-        return AccessDecision(True, Level.STAFF)
+        return AccessDecision(True, board_level(member))
     if machine.blocked:
         return AccessDecision(False, Level.INVALID, Refusal.BLOCKED)
     if not machine.type.requires_authorization:

@@ -26,7 +26,7 @@ from machines.models import Authorization, Use
 from . import services
 from .forms import BulkAuthorizationForm, CardForm, MemberAddForm, MemberChangeForm
 from .gdpr import erase_member
-from .models import ANONYMOUS_ROLE, DEFAULT_ROLE, Card, Member, Role, UnknownCard, normalize_uid
+from .models import ANONYMOUS_ROLE, Card, Member, Role, UnknownCard, default_role, normalize_uid
 from .resources import MemberResource
 
 if TYPE_CHECKING:
@@ -48,11 +48,38 @@ class _LastStarted(TypedDict):
 # --- Roles ------------------------------------------------------------------------------------
 
 
+def warn_broad_roles(request: HttpRequest) -> None:
+    """Say, where roles are chosen, which roles open every machine (an import may have given it to everyone)."""
+    if request.method != "GET":
+        return
+    broad = Role.objects.filter(authorize_all=True, reserved=False).annotate(n=Count("members"))
+    for role in broad:
+        messages.warning(
+            request,
+            ngettext(
+                "The role “%(role)s” opens EVERY machine, blocked ones too, to its %(n)d member, without "
+                "authorizations. Untick “authorize all” on the role unless that is intended.",
+                "The role “%(role)s” opens EVERY machine, blocked ones too, to its %(n)d members, without "
+                "authorizations. Untick “authorize all” on the role unless that is intended.",
+                role.n,
+            )
+            % {"role": role.name, "n": role.n},
+        )
+
+
 @admin.register(Role)
 class RoleAdmin(InUseDeleteMixin, admin.ModelAdmin):
-    list_display = ["name", "authorize_all", "maintenance", "backend_admin", "reserved_icon", "member_count"]
+    list_display = ["name", "grants", "authorize_all", "maintenance", "backend_admin", "reserved_icon", "member_count"]
     search_fields = ["name"]
     readonly_fields = ["reserved"]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        warn_broad_roles(request)
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description=gettext_lazy("grants"))
+    def grants(self, role: Role) -> str:
+        return role.grants()
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Role]:
         return super().get_queryset(request).annotate(n_members=Count("members", distinct=True))
@@ -273,7 +300,12 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         extra_context = extra_context or {}
         extra_context["unknown_cards"] = self.unknown_cards()
+        warn_broad_roles(request)
         return super().changelist_view(request, extra_context)
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+        warn_broad_roles(request)
+        return super().add_view(request, form_url, extra_context)
 
     @staticmethod
     def unknown_cards() -> list[dict[str, Any]]:
@@ -295,10 +327,10 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         initial: dict[str, Any] = super().get_changeform_initial_data(request)  # the stubs allow only strings
-        if "role" not in initial:  # most new members are plain card holders
-            default = Role.objects.filter(name=DEFAULT_ROLE).values_list("pk", flat=True).first()
-            if default:
-                initial["role"] = default
+        if "role" not in initial:  # most new members are plain card holders: least privilege, or no preselection
+            default = default_role()
+            if default is not None:
+                initial["role"] = default.pk
         return initial
 
     def get_readonly_fields(self, request: HttpRequest, obj: Member | None = None) -> list[str]:
