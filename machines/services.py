@@ -126,6 +126,7 @@ def record_interventions(
     plans: list[MaintenancePlan] | None = None,
     replay: bool = False,
     when: datetime | None = None,
+    note: str = "",
 ) -> list[Intervention]:
     """Record maintenance done: one intervention per due plan item (or per given item); resets their counters."""
     machine.refresh_from_db(fields=["hours"])
@@ -133,7 +134,15 @@ def record_interventions(
     items = due_plans(machine) if plans is None else plans
     reading = meter_at(machine, when)
     done = [
-        Intervention(plan=plan, machine=machine, member=member, performed_at=when, machine_hours=reading, replay=replay)
+        Intervention(
+            plan=plan,
+            machine=machine,
+            member=member,
+            performed_at=when,
+            machine_hours=reading,
+            replay=replay,
+            note=note,
+        )
         for plan in items
     ]
     Intervention.objects.bulk_create(done)
@@ -406,11 +415,13 @@ def meter_at(machine: Machine, when: datetime) -> float:
 
 
 @transaction.atomic
-def record_manual_intervention(*, plan: MaintenancePlan, member: Member, when: datetime) -> Intervention:
+def record_manual_intervention(
+    *, plan: MaintenancePlan, member: Member, when: datetime, note: str = ""
+) -> Intervention:
     """Maintenance entered by staff, possibly back-dated; it resets the plan's counter only if it is the latest."""
     machine = Machine.objects.get(pk=plan.machine_id)
     intervention = Intervention.objects.create(
-        plan=plan, machine=machine, member=member, performed_at=when, machine_hours=meter_at(machine, when)
+        plan=plan, machine=machine, member=member, performed_at=when, machine_hours=meter_at(machine, when), note=note
     )
     recount_machine(machine.pk)
     intervention.refresh_from_db(fields=["machine_hours"])
