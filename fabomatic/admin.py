@@ -24,6 +24,8 @@ from django.utils.translation import gettext_lazy as _
 from import_export.admin import ExportActionMixin
 from import_export.formats.base_formats import XLSX
 
+from operations import audit
+
 
 class SafeXLSX(XLSX):
     """XLSX whose formula escaping keeps numbers, dates and empty cells native.
@@ -53,7 +55,11 @@ class ExcelExportMixin(ExportActionMixin):
     def get_data_for_export(self, request: HttpRequest, queryset: QuerySet, **kwargs: Any) -> Any:
         # Native numbers and dates in the sheet (import-export only does this for its own XLSX class).
         kwargs["force_native_type"] = True
-        return super().get_data_for_export(request, queryset, **kwargs)
+        data = super().get_data_for_export(request, queryset, **kwargs)
+        model = queryset.model
+        message = f"Exported {len(data)} {model._meta.verbose_name_plural} to Excel"
+        audit.record(model, message=message, access=True, request=request, title=message)
+        return data
 
 
 class InUseDeleteMixin:

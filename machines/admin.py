@@ -36,6 +36,8 @@ from fabomatic.admin import (
 )
 from fabomatic.http import AuthenticatedHttpRequest, acting_member
 from members.models import Member
+from operations import audit
+from operations.audited import AuditedAdmin
 from telemetry.credentials import issue_board_credentials
 
 from . import charts, confirm, services
@@ -212,7 +214,7 @@ class PlanDueFilter(ConditionFilter):
 
 
 @admin.register(MachineType)
-class MachineTypeAdmin(InUseDeleteMixin, admin.ModelAdmin):
+class MachineTypeAdmin(AuditedAdmin, InUseDeleteMixin, admin.ModelAdmin):
     list_display = ["name", "logoff", "grace", "requires_authorization", "machine_count"]
     search_fields = ["name"]
 
@@ -306,7 +308,7 @@ def _board_inline() -> type[admin.StackedInline]:
 
 
 @admin.register(Machine)
-class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
+class MachineAdmin(AuditedAdmin, LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
     machine_field = None
     resource_classes = [MachineResource]
     show_change_form_export = False
@@ -380,16 +382,18 @@ class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
 
     @admin.action(description=gettext_lazy("Block the selected machines"), permissions=["change"])
     def block(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
-        machine_ids = list(queryset.values_list("pk", flat=True))
+        machines = list(queryset.filter(blocked=False))
         n = queryset.update(blocked=True)
-        self.push_live(machine_ids)
+        audit.record_many(machines, message="Blocked", changes={"blocked": ["False", "True"]})
+        self.push_live(m.pk for m in machines)
         self.message_user(request, ngettext("%(n)d machine blocked.", "%(n)d machines blocked.", n) % {"n": n})
 
     @admin.action(description=gettext_lazy("Unblock the selected machines"), permissions=["change"])
     def unblock(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
-        machine_ids = list(queryset.values_list("pk", flat=True))
+        machines = list(queryset.filter(blocked=True))
         n = queryset.update(blocked=False)
-        self.push_live(machine_ids)
+        audit.record_many(machines, message="Unblocked", changes={"blocked": ["True", "False"]})
+        self.push_live(m.pk for m in machines)
         self.message_user(request, ngettext("%(n)d machine unblocked.", "%(n)d machines unblocked.", n) % {"n": n})
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list, dict, set, list]:
@@ -496,7 +500,7 @@ class MachineAdmin(LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
 
 
 @admin.register(MaintenancePlan)
-class MaintenancePlanAdmin(LiveUpdatesMixin, admin.ModelAdmin):
+class MaintenancePlanAdmin(AuditedAdmin, LiveUpdatesMixin, admin.ModelAdmin):
     formfield_overrides = URL_FIELDS
     list_display = ["description", "machine", "lcd_message", "every", "since", "instructions"]
     list_filter = [PlanDueFilter, MachineFilter]
@@ -534,7 +538,7 @@ class MaintenancePlanAdmin(LiveUpdatesMixin, admin.ModelAdmin):
 
 
 @admin.register(Authorization)
-class AuthorizationAdmin(admin.ModelAdmin):
+class AuthorizationAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["member", "machine", "granted_at"]
     list_filter = [MachineFilter, "member__role"]
     list_select_related = ["member", "machine"]
@@ -547,7 +551,7 @@ class AuthorizationAdmin(admin.ModelAdmin):
 # --- history: uses and interventions ---------------------------------------------------------------
 
 
-class HistoryAdmin(ExcelExportMixin, admin.ModelAdmin):
+class HistoryAdmin(AuditedAdmin, ExcelExportMixin, admin.ModelAdmin):
     """Big tables: no full COUNT(*), newest first on an indexed column, search through the small tables."""
 
     paginator = CappedPaginator

@@ -21,6 +21,7 @@ from django.utils.translation import ngettext
 
 from fabomatic.admin import format_hours, short_datetime
 from fabomatic.http import acting_member
+from operations import audit
 from telemetry import remote
 
 from . import services
@@ -63,6 +64,23 @@ def confirm_page(
     return TemplateResponse(request, "admin/fabomatic/confirm_action.html", context)
 
 
+def _log(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    obj: Any,
+    message: str,
+    *,
+    created: bool = False,
+    changes: dict[str, list[Any]] | None = None,
+) -> None:
+    """Recent actions and the object's History (the admin's LogEntry), and the audit trail."""
+    if created:
+        model_admin.log_addition(request, obj, message)
+    else:
+        model_admin.log_change(request, obj, message)
+    audit.record(obj, message=message, changes=changes, created=created)
+
+
 def _machine_url(machine: Machine) -> str:
     return reverse("admin:machines_machine_change", args=[machine.pk])
 
@@ -102,13 +120,14 @@ def end_uses(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: Quer
             )
             continue
         if closed_here:
-            model_admin.log_change(request, use, _("Ended from the portal (board offline): closed now."))
+            changes = {"ended_at": [None, str(use.ended_at)], "duration": [None, str(use.duration)]}
+            _log(model_admin, request, use, _("Ended from the portal (board offline): closed now."), changes=changes)
             events.push_on_commit([use.machine_id])
             ended += 1
         else:
             text = _("Remote stop sent to end this use of %(member)s.") % {"member": use.member}
-            model_admin.log_change(request, use, text)
-            model_admin.log_change(request, use.machine, text)
+            _log(model_admin, request, use, text)
+            _log(model_admin, request, use.machine, text)
             stopping += 1
     if ended:
         model_admin.message_user(
@@ -174,11 +193,11 @@ def remote_command(
         model_admin.message_user(request, str(exc), messages.ERROR)
         return HttpResponseRedirect(_machine_url(machine))
     if action == "start":
-        model_admin.log_change(request, machine, _("Remote start with the card of %(member)s.") % {"member": staff})
+        _log(model_admin, request, machine, _("Remote start with the card of %(member)s.") % {"member": staff})
         text = _("Start sent to %(machine)s: the board logs you in as if you swiped your card.")
     else:
         who = str(current.member) if current is not None else _("nobody on record")
-        model_admin.log_change(request, machine, _("Remote stop: logged out %(member)s.") % {"member": who})
+        _log(model_admin, request, machine, _("Remote stop: logged out %(member)s.") % {"member": who})
         text = _("Stop sent to %(machine)s: the board logs its user out.")
     model_admin.message_user(request, text % {"machine": machine}, messages.SUCCESS)
     return HttpResponseRedirect(_machine_url(machine))
@@ -224,8 +243,8 @@ def record_maintenance(
             if note:
                 message += " " + _("Note: %(note)s") % {"note": note}
             if intervention.pk is not None:  # bulk_create returns the keys on SQLite and PostgreSQL
-                model_admin.log_addition(request, intervention, message)
-            model_admin.log_change(request, intervention.machine, message)
+                _log(model_admin, request, intervention, message, created=True, changes={"note": [None, note]})
+            _log(model_admin, request, intervention.machine, message)
         done += len(recorded)
     model_admin.message_user(
         request,

@@ -22,6 +22,8 @@ from fabomatic.admin import ExcelExportMixin, InUseDeleteMixin, badge, format_se
 from fabomatic.http import acting_member
 from machines import charts
 from machines.models import Authorization, Use
+from operations import audit
+from operations.audited import AuditedAdmin
 
 from . import services
 from .forms import BulkAuthorizationForm, CardForm, MemberAddForm, MemberChangeForm
@@ -68,7 +70,7 @@ def warn_broad_roles(request: HttpRequest) -> None:
 
 
 @admin.register(Role)
-class RoleAdmin(InUseDeleteMixin, admin.ModelAdmin):
+class RoleAdmin(AuditedAdmin, InUseDeleteMixin, admin.ModelAdmin):
     list_display = ["name", "grants", "authorize_all", "maintenance", "backend_admin", "reserved_icon", "member_count"]
     search_fields = ["name"]
     readonly_fields = ["reserved"]
@@ -200,7 +202,7 @@ class HasCardFilter(admin.SimpleListFilter):
 
 
 @admin.register(Member)
-class MemberAdmin(ExcelExportMixin, UserAdmin):
+class MemberAdmin(AuditedAdmin, ExcelExportMixin, UserAdmin):
     form = MemberChangeForm
     add_form = MemberAddForm
     add_form_template = None  # our change_form.html serves both
@@ -405,6 +407,8 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
             machines = list(form.cleaned_data["machines"])
             if form.cleaned_data["operation"] == BulkAuthorizationForm.GRANT:
                 services.grant_authorizations(members=members, machines=machines)
+                names = ", ".join(m.name for m in machines)
+                audit.record_many(members, message=f"Granted machines: {names}", changes={"machines": ["", names]})
                 text = _("Access to %(machines)d machine(s) granted to %(members)d member(s).") % {
                     "machines": len(machines),
                     "members": len(members),
@@ -445,7 +449,7 @@ class MemberAdmin(ExcelExportMixin, UserAdmin):
 
 
 @admin.register(Card)
-class CardAdmin(admin.ModelAdmin):
+class CardAdmin(AuditedAdmin, admin.ModelAdmin):
     form = CardForm
     list_display = ["uid", "member", "active", "created_at"]
     list_filter = ["active"]
