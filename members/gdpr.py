@@ -332,6 +332,8 @@ def purge(
     )
     if not dry_run:
         _rename_anonymised_uses(anonymous)
+        audit.follow_anonymisation(Use, anonymous)
+        audit.follow_anonymisation(Intervention, anonymous)
     # The admin's history names people and cards: same retention as the history.
     result.admin_history = _batched(
         LogEntry.objects.filter(action_time__lt=history_cutoff),

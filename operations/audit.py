@@ -188,6 +188,34 @@ def scrub_member(
     return len(changed)
 
 
+def follow_anonymisation(model: type[Model], anonymous: Member) -> int:
+    """After the retention moved history rows to the anonymous member: their entries take the row's new title and
+    point to the anonymous member in their before/after, so the link to the person goes there too.
+
+    Reads the entries of that model (rows edited in the portal only), never the history itself. Returns how many.
+    """
+    if not enabled():
+        return 0
+    entries = list(_entries().objects.filter(content_type=ContentType.objects.get_for_model(model)))
+    pks = [int(e.object_pk) for e in entries if e.object_pk.isdigit()]
+    rows = {str(row.pk): row for row in model._default_manager.filter(pk__in=pks, member=anonymous)}
+    changed = []
+    for entry in entries:
+        row = rows.get(entry.object_pk)
+        if row is None:
+            continue
+        member = (entry.changes or {}).get("member")
+        if isinstance(member, list):
+            entry.changes["member"] = [anonymous.pk if value is not None else None for value in member]
+        elif str(row) == entry.object_repr:
+            continue
+        entry.object_repr = str(row)[:200]
+        entry.serialized_data = None
+        changed.append(entry)
+    _entries().objects.bulk_update(changed, ["object_repr", "changes", "serialized_data"], batch_size=500)
+    return len(changed)
+
+
 # --- Logins ------------------------------------------------------------------------------------------------------
 
 

@@ -125,3 +125,17 @@ def test_erasure_redacts_the_member_but_keeps_who_did_what(lab: Lab) -> None:
     assert by_zoe.actor_id == zoe.pk and by_zoe.changes["name"] == ["PRINTER 1", "PRINTER 2"]
     created = LogEntry.objects.get_for_object(zoe).filter(action=LogEntry.Action.CREATE).get()
     assert created.actor_id == admin.pk  # who added her is kept
+
+
+def test_the_purge_anonymises_the_entries_of_history_past_the_retention(admin_client: Client, lab: Lab) -> None:
+    start = timezone.now() - timedelta(days=400)
+    form = {"member": lab.normal.pk, "machine": lab.laser.pk}
+    from machines.models import Use
+
+    use = Use.objects.create(**{f"{k}_id": v for k, v in form.items()}, started_at=start, last_seen=start)
+    entry = LogEntry.objects.get_for_object(use).get()
+    assert "Nina" in entry.object_repr and entry.changes["member"] == [None, lab.normal.pk]
+    purge()
+    entry.refresh_from_db()
+    anonymous = Member.objects.anonymous()
+    assert entry.object_repr.startswith(str(anonymous)) and entry.changes["member"] == [None, anonymous.pk]
