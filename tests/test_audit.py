@@ -139,3 +139,25 @@ def test_the_purge_anonymises_the_entries_of_history_past_the_retention(admin_cl
     entry.refresh_from_db()
     anonymous = Member.objects.anonymous()
     assert entry.object_repr.startswith(str(anonymous)) and entry.changes["member"] == [None, anonymous.pk]
+
+
+def test_an_import_is_one_entry_and_its_broad_roles_are_raised_in_the_portal(admin_client: Client) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from members.setup import ensure_defaults
+
+    from .test_import import DATA, SAMPLE
+
+    ensure_defaults()
+    before = LogEntry.objects.count()
+    call_command("import_fabomatic", str(DATA / SAMPLE), stdout=StringIO())
+    imported = LogEntry.objects.count() - before
+    entry = LogEntry.objects.latest()
+    assert imported == 1 and message(entry).startswith("Import from FabOMatic")
+    broad = Role.objects.filter(authorize_all=True, reserved=False)
+    assert set(broad.values_list("name", flat=True)) == {"Fab Staff", "Fab Users"}
+    page = admin_client.get(reverse("admin:members_member_changelist")).content.decode()
+    for role in broad:  # the 1.0.x seed gave "authorize all" to its users' role
+        assert f"The role “{role.name}” opens EVERY machine" in page
