@@ -27,6 +27,8 @@ from django.utils.translation import gettext_lazy as _
 from import_export.admin import ExportActionMixin
 from import_export.formats.base_formats import XLSX
 
+from operations import audit
+
 
 class SafeXLSX(XLSX):
     """XLSX whose formula escaping keeps numbers, dates and empty cells native.
@@ -66,6 +68,9 @@ class ExcelExportMixin(ExportActionMixin):
         # Headers in the user's language, capitalised; the sheet named after the list (was "Tablib Dataset").
         data.headers = [capfirst(str(header)) for header in data.headers]
         data.title = self._list_name()[:31]  # Excel's limit for a sheet name
+        model = queryset.model
+        message = f"Exported {len(data)} {model._meta.verbose_name_plural} to Excel"
+        audit.record(model, message=message, access=True, request=request, title=message)
         return data
 
     def _list_name(self) -> str:

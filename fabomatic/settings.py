@@ -83,6 +83,7 @@ INSTALLED_APPS = [
     "channels",
     "import_export",
     "axes",
+    "auditlog",
     "members",
     "machines",
     "telemetry",
@@ -100,6 +101,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The audit trail's actor and client address for every change a request makes (operations/audit.py).
+    "auditlog.middleware.AuditlogMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # django-axes wants to be last.
@@ -262,6 +265,25 @@ BRIDGE_REPLY_DEADLINE = env.float("BRIDGE_REPLY_DEADLINE", default=1.5)
 # --- GDPR -----------------------------------------------------------------------------------
 RETENTION_DAYS = env("RETENTION_DAYS")
 UNKNOWN_CARD_RETENTION_DAYS = env("UNKNOWN_CARD_RETENTION_DAYS")
+
+# --- Audit trail (django-auditlog, operations/audit.py) -----------------------------------------------
+# Staff changes, with who, when and before/after, kept this long (manage.py purge deletes older entries).
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=730)
+AUDITLOG_STORE_JSON_CHANGES = True
+AUDITLOG_USE_FK_STRING_REPRESENTATION = False  # ids, not names: an erasure has fewer places to redact
+# What staff change in the portal. Board traffic (uses opened and closed by the bridge, boards' heartbeats) is not
+# a staff change: the bridge does not load auditlog, and the heartbeat fields are excluded.
+AUDITLOG_INCLUDE_TRACKING_MODELS = (
+    {"model": "members.member", "exclude_fields": ["password", "last_login"]},
+    "members.role",
+    "members.card",
+    {"model": "machines.machine", "exclude_fields": ["last_seen", "heard_live_at"]},
+    "machines.machinetype",
+    {"model": "machines.maintenanceplan", "exclude_fields": ["done_at", "done_at_hours"]},
+    "machines.authorization",
+    {"model": "machines.use", "exclude_fields": ["last_seen"]},
+    "machines.intervention",
+)
 
 # --- Mail -----------------------------------------------------------------------------------
 if env("EMAIL_URL"):

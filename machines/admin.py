@@ -36,10 +36,11 @@ from fabomatic.admin import (
     short_datetime,
 )
 from fabomatic.http import AuthenticatedHttpRequest, acting_member
+from operations import audit
+from operations.audited import AuditedAdmin
 from telemetry.credentials import issue_board_credentials
-from telemetry.remote import RemoteCommandError, send_remote_command
 
-from . import charts, history_search, services
+from . import charts, confirm, history_search, services
 from .dashboard import events
 from .filters import (
     MachineFilter,
@@ -115,7 +116,7 @@ class LiveUpdatesMixin:
 
 
 @admin.register(MachineType)
-class MachineTypeAdmin(InUseDeleteMixin, admin.ModelAdmin):
+class MachineTypeAdmin(AuditedAdmin, InUseDeleteMixin, admin.ModelAdmin):
     list_display = ["name", "logoff", "grace", "requires_authorization", "machine_count"]
     search_fields = ["name"]
 
@@ -216,7 +217,7 @@ def _board_inline() -> type[admin.StackedInline]:
 
 
 @admin.register(Machine)
-class MachineAdmin(AddAnotherMixin, LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
+class MachineAdmin(AuditedAdmin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
     machine_field = None
     resource_classes = [MachineResource]
     show_change_form_export = False
@@ -304,16 +305,18 @@ class MachineAdmin(AddAnotherMixin, LiveUpdatesMixin, ExcelExportMixin, admin.Mo
 
     @admin.action(description=gettext_lazy("Block the selected machines"), permissions=["change"])
     def block(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
-        machine_ids = list(queryset.values_list("pk", flat=True))
+        machines = list(queryset.filter(blocked=False))
         n = queryset.update(blocked=True)
-        self.push_live(machine_ids)
+        audit.record_many(machines, message="Blocked", changes={"blocked": ["False", "True"]})
+        self.push_live(m.pk for m in machines)
         self.message_user(request, ngettext("%(n)d machine blocked.", "%(n)d machines blocked.", n) % {"n": n})
 
     @admin.action(description=gettext_lazy("Unblock the selected machines"), permissions=["change"])
     def unblock(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
-        machine_ids = list(queryset.values_list("pk", flat=True))
+        machines = list(queryset.filter(blocked=True))
         n = queryset.update(blocked=False)
-        self.push_live(machine_ids)
+        audit.record_many(machines, message="Unblocked", changes={"blocked": ["True", "False"]})
+        self.push_live(m.pk for m in machines)
         self.message_user(request, ngettext("%(n)d machine unblocked.", "%(n)d machines unblocked.", n) % {"n": n})
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list, dict, set, list]:
@@ -395,50 +398,32 @@ class MachineAdmin(AddAnotherMixin, LiveUpdatesMixin, ExcelExportMixin, admin.Mo
         return HttpResponseRedirect(reverse("admin:machines_machine_change", args=[machine.pk]))
 
     def remote_view(self, request: AuthenticatedHttpRequest, machine_id: int, action: str) -> HttpResponse:
-        """Remote start/stop (POST with CSRF only): the board acts as if the staff member swiped their card."""
+        """Remote start/stop (POST with CSRF only, then a confirmation): the board acts as if a card was swiped."""
         if request.method != "POST":  # a command with side effects is never a GET (the old portal's bug)
             return HttpResponseNotAllowed(["POST"])
         machine = self._machine_or_403(request, machine_id)
         if action not in ("start", "stop"):
             raise PermissionDenied
-        try:
-            send_remote_command(machine, cast(Literal["start", "stop"], action), request.user)  # checked above
-        except RemoteCommandError as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-        else:
-            text = (
-                _("Start sent to %(machine)s: the board logs you in as if you swiped your card.")
-                if action == "start"
-                else _("Stop sent to %(machine)s: the board logs its user out.")
-            )
-            self.message_user(request, text % {"machine": machine}, messages.SUCCESS)
-        return self._back(machine)
+        return confirm.remote_command(self, request, machine, cast(Literal["start", "stop"], action))  # checked
 
     def record_view(self, request: AuthenticatedHttpRequest, machine_id: int, plan_id: int) -> HttpResponse:
-        """Record an intervention on one plan item (POST only), from the item's button on the machine page."""
+        """Record an intervention on one plan item (POST only, then a confirmation with a note)."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         machine = get_object_or_404(Machine, pk=machine_id)
         # Maintainers may record interventions without the right to change the machine itself.
         if not (self.has_view_permission(request, machine) and request.user.has_perm("machines.add_intervention")):
             raise PermissionDenied
-        plan = get_object_or_404(MaintenancePlan, pk=plan_id, machine=machine)
-        services.record_interventions(machine=machine, member=request.user, plans=[plan])
-        self.push_live([machine.pk])
-        self.message_user(
-            request,
-            _("Intervention recorded: “%(plan)s”; its counter restarts from the current hour meter.")
-            % {"plan": plan.description},
-            messages.SUCCESS,
-        )
-        return self._back(machine)
+        plan = get_object_or_404(MaintenancePlan.objects.select_related("machine"), pk=plan_id, machine=machine)
+        back = reverse("admin:machines_machine_change", args=[machine.pk])
+        return confirm.record_maintenance(self, request, [plan], cancel_url=back) or self._back(machine)
 
 
 # --- maintenance plans and authorizations ----------------------------------------------------------
 
 
 @admin.register(MaintenancePlan)
-class MaintenancePlanAdmin(LiveUpdatesMixin, admin.ModelAdmin):
+class MaintenancePlanAdmin(AuditedAdmin, LiveUpdatesMixin, admin.ModelAdmin):
     formfield_overrides = URL_FIELDS
     list_display = ["description", "machine", "lcd_message", "every", "since", "instructions"]
     list_filter = [PlanDueFilter, MachineFilter]
@@ -467,21 +452,16 @@ class MaintenancePlanAdmin(LiveUpdatesMixin, admin.ModelAdmin):
         return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', plan.instructions_url, _("open"))
 
     @admin.action(description=gettext_lazy("Record an intervention now"), permissions=["change"])
-    def record_now(self, request: HttpRequest, queryset: QuerySet[MaintenancePlan]) -> None:
+    def record_now(self, request: HttpRequest, queryset: QuerySet[MaintenancePlan]) -> HttpResponse | None:
         plans = list(queryset.select_related("machine"))
-        for machine_id in {p.machine_id for p in plans}:
-            items = [p for p in plans if p.machine_id == machine_id]
-            services.record_interventions(machine=items[0].machine, member=acting_member(request), plans=items)
-        self.push_live(p.machine_id for p in plans)
-        self.message_user(
-            request,
-            ngettext("%(n)d intervention recorded.", "%(n)d interventions recorded.", len(plans)) % {"n": len(plans)},
-            messages.SUCCESS,
+        hidden = [("action", "record_now"), *((admin.helpers.ACTION_CHECKBOX_NAME, p.pk) for p in plans)]
+        return confirm.record_maintenance(
+            self, request, plans, hidden=hidden, cancel_url=reverse("admin:machines_maintenanceplan_changelist")
         )
 
 
 @admin.register(Authorization)
-class AuthorizationAdmin(admin.ModelAdmin):
+class AuthorizationAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["member", "machine", "granted_at"]
     list_filter = [MachineFilter, "member__role"]
     list_select_related = ["member", "machine"]
@@ -494,7 +474,7 @@ class AuthorizationAdmin(admin.ModelAdmin):
 # --- history: uses and interventions ---------------------------------------------------------------
 
 
-class HistoryAdmin(ExcelExportMixin, admin.ModelAdmin):
+class HistoryAdmin(AuditedAdmin, ExcelExportMixin, admin.ModelAdmin):
     """Big tables: no full COUNT(*), newest first on an indexed column, search through the small tables."""
 
     paginator = CappedPaginator
@@ -620,19 +600,9 @@ class UseAdmin(LiveUpdatesMixin, HistoryAdmin):
             self.message_user(request, _("None of the selected uses was flagged and ended."), messages.WARNING)
 
     @admin.action(description=gettext_lazy("End the selected uses now"), permissions=["change"])
-    def end_now(self, request: HttpRequest, queryset: QuerySet[Use]) -> None:
-        now = timezone.now()
-        ended = 0
-        for use in queryset.filter(ended_at__isnull=True):
-            services.close_use(use, ended_at=now)
-            self.push_live([use.machine_id])
-            ended += 1
-        if ended:
-            self.message_user(
-                request, ngettext("%(n)d use ended.", "%(n)d uses ended.", ended) % {"n": ended}, messages.SUCCESS
-            )
-        else:
-            self.message_user(request, _("None of the selected uses was in progress."), messages.WARNING)
+    def end_now(self, request: HttpRequest, queryset: QuerySet[Use]) -> HttpResponse | None:
+        """Confirmed first; an online board is asked to stop, so no second use can overlap (machines/confirm.py)."""
+        return confirm.end_uses(self, request, queryset)
 
 
 @admin.register(Intervention)
@@ -668,8 +638,8 @@ class InterventionAdmin(LiveUpdatesMixin, HistoryAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Intervention | None = None) -> tuple[str, ...]:
         if obj is None:
-            return ("plan", "member", "performed_at")
-        return ("plan", "machine", "member", "performed_at", "machine_hours", "replay")
+            return ("plan", "member", "performed_at", "note")
+        return ("plan", "machine", "member", "performed_at", "machine_hours", "replay", "note")
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         initial: dict[str, Any] = super().get_changeform_initial_data(request)  # the stubs allow only strings
@@ -682,7 +652,9 @@ class InterventionAdmin(LiveUpdatesMixin, HistoryAdmin):
 
     def save_model(self, request: HttpRequest, obj: Intervention, form: Any, change: bool) -> None:
         data = form.cleaned_data
-        done = services.record_manual_intervention(plan=data["plan"], member=data["member"], when=data["performed_at"])
+        done = services.record_manual_intervention(
+            plan=data["plan"], member=data["member"], when=data["performed_at"], note=data.get("note", "")
+        )
         obj.pk, obj.machine_id, obj.machine_hours = done.pk, done.machine_id, done.machine_hours
         obj._state.adding = False
 

@@ -61,7 +61,7 @@ class InterventionAddForm(forms.ModelForm):
 
     class Meta:
         model = Intervention
-        fields = ["plan", "member", "performed_at"]
+        fields = ["plan", "member", "performed_at", "note"]
 
     def clean_performed_at(self) -> Any:
         when = self.cleaned_data["performed_at"]

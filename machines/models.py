@@ -164,6 +164,7 @@ class Intervention(models.Model):
     performed_at = models.DateTimeField(_("when"), default=timezone.now)
     machine_hours = models.FloatField(_("hour meter"), default=0.0)
     replay = models.BooleanField(_("replayed"), default=False, help_text=_("Sent late by a board that was offline."))
+    note = models.TextField(_("note"), blank=True, max_length=2000, help_text=_("What was done, parts used."))
     legacy_id = models.PositiveIntegerField(null=True, blank=True, unique=True, editable=False)
 
     class Meta:

@@ -59,7 +59,7 @@ class AccessDecision:
 
 
 def board_level(member: Member) -> Level:
-    """Level 2 for roles that may record maintenance on a board or that authorize all (M1, M2)."""
+    """Level 2 only for roles that may record maintenance (M2): it passes the board's "maintenance needed" lock."""
     return Level.STAFF if member.role.is_staff_level else Level.NORMAL
 
 
@@ -73,7 +73,7 @@ def check_access(member: Member, machine: Machine, *, authorized: bool | None = 
     if member.deleted_at is not None:
         return AccessDecision(False, Level.INVALID, Refusal.DELETED)
     if member.role.authorize_all:
-        return AccessDecision(True, Level.STAFF)
+        return AccessDecision(True, board_level(member))
     if machine.blocked:
         return AccessDecision(False, Level.INVALID, Refusal.BLOCKED)
     if not machine.type.requires_authorization:
@@ -126,6 +126,7 @@ def record_interventions(
     plans: list[MaintenancePlan] | None = None,
     replay: bool = False,
     when: datetime | None = None,
+    note: str = "",
 ) -> list[Intervention]:
     """Record maintenance done: one intervention per due plan item (or per given item); resets their counters."""
     machine.refresh_from_db(fields=["hours"])
@@ -133,7 +134,15 @@ def record_interventions(
     items = due_plans(machine) if plans is None else plans
     reading = meter_at(machine, when)
     done = [
-        Intervention(plan=plan, machine=machine, member=member, performed_at=when, machine_hours=reading, replay=replay)
+        Intervention(
+            plan=plan,
+            machine=machine,
+            member=member,
+            performed_at=when,
+            machine_hours=reading,
+            replay=replay,
+            note=note,
+        )
         for plan in items
     ]
     Intervention.objects.bulk_create(done)
@@ -406,11 +415,13 @@ def meter_at(machine: Machine, when: datetime) -> float:
 
 
 @transaction.atomic
-def record_manual_intervention(*, plan: MaintenancePlan, member: Member, when: datetime) -> Intervention:
+def record_manual_intervention(
+    *, plan: MaintenancePlan, member: Member, when: datetime, note: str = ""
+) -> Intervention:
     """Maintenance entered by staff, possibly back-dated; it resets the plan's counter only if it is the latest."""
     machine = Machine.objects.get(pk=plan.machine_id)
     intervention = Intervention.objects.create(
-        plan=plan, machine=machine, member=member, performed_at=when, machine_hours=meter_at(machine, when)
+        plan=plan, machine=machine, member=member, performed_at=when, machine_hours=meter_at(machine, when), note=note
     )
     recount_machine(machine.pk)
     intervention.refresh_from_db(fields=["machine_hours"])

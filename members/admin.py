@@ -22,11 +22,13 @@ from fabomatic.admin import AddAnotherMixin, ExcelExportMixin, InUseDeleteMixin,
 from fabomatic.http import acting_member
 from machines import charts
 from machines.models import Authorization, Use
+from operations import audit
+from operations.audited import AuditedAdmin
 
 from . import services
 from .forms import BulkAuthorizationForm, CardForm, MemberAddForm, MemberChangeForm
 from .gdpr import erase_member
-from .models import ANONYMOUS_ROLE, DEFAULT_ROLE, Card, Member, Role, UnknownCard, normalize_uid
+from .models import ANONYMOUS_ROLE, Card, Member, Role, UnknownCard, default_role, normalize_uid
 from .resources import MemberResource
 
 if TYPE_CHECKING:
@@ -48,11 +50,38 @@ class _LastStarted(TypedDict):
 # --- Roles ------------------------------------------------------------------------------------
 
 
+def warn_broad_roles(request: HttpRequest) -> None:
+    """Say, where roles are chosen, which roles open every machine (an import may have given it to everyone)."""
+    if request.method != "GET":
+        return
+    broad = Role.objects.filter(authorize_all=True, reserved=False).annotate(n=Count("members"))
+    for role in broad:
+        messages.warning(
+            request,
+            ngettext(
+                "The role “%(role)s” opens EVERY machine, blocked ones too, to its %(n)d member, without "
+                "authorizations. Untick “authorize all” on the role unless that is intended.",
+                "The role “%(role)s” opens EVERY machine, blocked ones too, to its %(n)d members, without "
+                "authorizations. Untick “authorize all” on the role unless that is intended.",
+                role.n,
+            )
+            % {"role": role.name, "n": role.n},
+        )
+
+
 @admin.register(Role)
-class RoleAdmin(InUseDeleteMixin, admin.ModelAdmin):
-    list_display = ["name", "authorize_all", "maintenance", "backend_admin", "reserved_icon", "member_count"]
+class RoleAdmin(AuditedAdmin, InUseDeleteMixin, admin.ModelAdmin):
+    list_display = ["name", "grants", "authorize_all", "maintenance", "backend_admin", "reserved_icon", "member_count"]
     search_fields = ["name"]
     readonly_fields = ["reserved"]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        warn_broad_roles(request)
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description=gettext_lazy("grants"))
+    def grants(self, role: Role) -> str:
+        return role.grants()
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Role]:
         return super().get_queryset(request).annotate(n_members=Count("members", distinct=True))
@@ -178,7 +207,7 @@ class HasCardFilter(admin.SimpleListFilter):
 
 
 @admin.register(Member)
-class MemberAdmin(AddAnotherMixin, ExcelExportMixin, UserAdmin):
+class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
     form = MemberChangeForm
     add_form = MemberAddForm
     add_form_template = None  # our change_form.html serves both
@@ -275,7 +304,12 @@ class MemberAdmin(AddAnotherMixin, ExcelExportMixin, UserAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         extra_context = extra_context or {}
         extra_context["unknown_cards"] = self.unknown_cards()
+        warn_broad_roles(request)
         return super().changelist_view(request, extra_context)
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+        warn_broad_roles(request)
+        return super().add_view(request, form_url, extra_context)
 
     @staticmethod
     def unknown_cards() -> list[dict[str, Any]]:
@@ -297,10 +331,10 @@ class MemberAdmin(AddAnotherMixin, ExcelExportMixin, UserAdmin):
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         initial: dict[str, Any] = super().get_changeform_initial_data(request)  # the stubs allow only strings
-        if "role" not in initial:  # most new members are plain card holders
-            default = Role.objects.filter(name=DEFAULT_ROLE).values_list("pk", flat=True).first()
-            if default:
-                initial["role"] = default
+        if "role" not in initial:  # most new members are plain card holders: least privilege, or no preselection
+            default = default_role()
+            if default is not None:
+                initial["role"] = default.pk
         return initial
 
     def get_readonly_fields(self, request: HttpRequest, obj: Member | None = None) -> list[str]:
@@ -375,6 +409,8 @@ class MemberAdmin(AddAnotherMixin, ExcelExportMixin, UserAdmin):
             machines = list(form.cleaned_data["machines"])
             if form.cleaned_data["operation"] == BulkAuthorizationForm.GRANT:
                 services.grant_authorizations(members=members, machines=machines)
+                names = ", ".join(m.name for m in machines)
+                audit.record_many(members, message=f"Granted machines: {names}", changes={"machines": ["", names]})
                 text = _("Access to %(machines)d machine(s) granted to %(members)d member(s).") % {
                     "machines": len(machines),
                     "members": len(members),
@@ -415,7 +451,7 @@ class MemberAdmin(AddAnotherMixin, ExcelExportMixin, UserAdmin):
 
 
 @admin.register(Card)
-class CardAdmin(admin.ModelAdmin):
+class CardAdmin(AuditedAdmin, admin.ModelAdmin):
     form = CardForm
     list_display = ["uid", "member", "active", "created_at"]
     list_filter = ["active"]

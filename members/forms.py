@@ -10,7 +10,23 @@ from django.utils.translation import gettext_lazy as _
 
 from machines.models import Machine
 
-from .models import Card, Member, normalize_uid
+from .models import Card, Member, Role, normalize_uid
+
+ROLE_HELP = _(
+    "What each role grants is shown next to its name. Plain card holders need a role that grants only the machines "
+    "they are authorized for; a role marked ⚠ opens every machine, blocked ones too."
+)
+
+
+class RoleChoiceField(forms.ModelChoiceField):
+    """A role, labelled with what it grants, wherever a member's role is chosen."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs["help_text"] = ROLE_HELP
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def label_from_instance(self, obj: Role) -> str:
+        return obj.choice_label()
 
 
 class CardForm(forms.ModelForm):
@@ -35,6 +51,7 @@ class MemberAddForm(forms.ModelForm):
     class Meta:
         model = Member
         fields = ["first_name", "last_name", "email", "role", "disabled", "receive_weekly_summary", "is_staff"]
+        field_classes = {"role": RoleChoiceField}
 
     def save(self, commit: bool = True) -> Member:
         member = super().save(commit=False)
@@ -49,6 +66,7 @@ class MemberChangeForm(UserChangeForm):
     class Meta:
         model = Member
         fields = "__all__"
+        field_classes = {"role": RoleChoiceField}
 
 
 class StaffPasswordResetForm(PasswordResetForm):

@@ -10,6 +10,9 @@
   member, and the purge deletes entries older than ``RETENTION_DAYS`` and renames those of anonymised uses.
   ``tests/test_gdpr.py`` searches every table of the database after an erasure: an audit trail added later that
   keeps a name fails it until it is covered here.
+* The audit trail (django-auditlog, ``operations/audit.py``): erasure redacts the member's name, e-mail and cards
+  in it ("erased member #<id>"), keeping who did what; the purge deletes entries older than
+  ``AUDIT_RETENTION_DAYS``.
 
 Everything here is idempotent: running it twice changes nothing the second time.
 """
@@ -33,6 +36,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from machines.models import Authorization, Intervention, Use
+from operations import audit
 
 from .models import Card, Member, UnknownCard
 
@@ -54,12 +58,19 @@ class PurgeResult:
     members: int = 0
     login_records: int = 0
     admin_history: int = 0
+    audit_entries: int = 0
     cutoffs: dict[str, datetime] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return (
-            self.uses + self.interventions + self.unknown_cards + self.members + self.login_records + self.admin_history
+            self.uses
+            + self.interventions
+            + self.unknown_cards
+            + self.members
+            + self.login_records
+            + self.admin_history
+            + self.audit_entries
         )
 
     def summary(self) -> str:
@@ -67,7 +78,8 @@ class PurgeResult:
         return (
             f"{verb}: {self.uses} uses and {self.interventions} interventions anonymised, "
             f"{self.unknown_cards} unknown cards deleted, {self.members} members erased, "
-            f"{self.login_records} login records and {self.admin_history} admin history entries deleted."
+            f"{self.login_records} login records, {self.admin_history} admin history entries and "
+            f"{self.audit_entries} audit entries deleted."
         )
 
 
@@ -164,9 +176,20 @@ def erase_member(member: Member, *, now: datetime | None = None) -> None:
     now = now or timezone.now()
     email = member.email
     identifiers = [member.get_full_name(), email or "", *member.cards.values_list("uid", flat=True)]
-    with transaction.atomic():
+    with transaction.atomic(), audit.paused():
         # First, while the cards, authorizations and uses still point to the member.
         _scrub_admin_history(member, identifiers)
+        audit.scrub_member(
+            member,
+            identifiers,
+            [
+                (Card, Card.objects.filter(member=member)),
+                (Authorization, Authorization.objects.filter(member=member)),
+                (Use, Use.objects.filter(member=member)),
+                (Intervention, Intervention.objects.filter(member=member)),
+            ],
+            named_by=[Card],
+        )
         Use.objects.filter(member=member).update(member=anonymous)
         Intervention.objects.filter(member=member).update(member=anonymous)
         Authorization.objects.filter(member=member).delete()
@@ -189,6 +212,8 @@ def erase_member(member: Member, *, now: datetime | None = None) -> None:
         if email:
             for model in _axes_models():
                 model._default_manager.filter(username__iexact=email).delete()
+    # One entry without personal data: the deletions and the blanking above are not recorded field by field.
+    audit.record(member, message="Erased (GDPR right to erasure)", title=audit.erased_label(member))
     logger.info("Erased member #%s", member.pk)
 
 
@@ -307,6 +332,8 @@ def purge(
     )
     if not dry_run:
         _rename_anonymised_uses(anonymous)
+        audit.follow_anonymisation(Use, anonymous)
+        audit.follow_anonymisation(Intervention, anonymous)
     # The admin's history names people and cards: same retention as the history.
     result.admin_history = _batched(
         LogEntry.objects.filter(action_time__lt=history_cutoff),
@@ -314,6 +341,10 @@ def purge(
         step="admin history",
         **common,
     )
+    # The audit trail: its own retention (AUDIT_RETENTION_DAYS).
+    if audit.enabled():
+        result.cutoffs["audit"] = now - timedelta(days=settings.AUDIT_RETENTION_DAYS)
+        result.audit_entries = _batched(audit.expired(now), lambda qs: qs.delete()[0], step="audit trail", **common)
     # Login records of django-axes carry e-mail addresses and IPs: same retention as the history.
     for model in _axes_models():
         result.login_records += _batched(

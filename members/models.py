@@ -40,7 +40,9 @@ class Role(models.Model):
     authorize_all = models.BooleanField(
         _("authorize all"),
         default=False,
-        help_text=_("Super user: may use every machine, blocked ones included, and is staff (level 2) on boards."),
+        help_text=_(
+            "Every machine, blocked ones included, without authorizations. Level 2 on boards only with maintenance."
+        ),
     )
     maintenance = models.BooleanField(
         _("maintenance"), default=False, help_text=_("May record maintenance interventions.")
@@ -63,8 +65,38 @@ class Role(models.Model):
 
     @property
     def is_staff_level(self) -> bool:
-        """The board's level 2 ("Fab staff"): may record maintenance on a board."""
-        return self.authorize_all or self.maintenance
+        """The board's level 2 ("Fab staff"): may record maintenance and pass the "maintenance needed" lock.
+
+        Only roles that may record maintenance get it: authorize all opens every machine, not the lock.
+        """
+        return self.maintenance
+
+    @property
+    def grants_nothing(self) -> bool:
+        """A role that grants no more than the member's own authorizations (least privilege)."""
+        return not (self.authorize_all or self.maintenance or self.backend_admin or self.reserved)
+
+    def grants(self) -> str:
+        """What the role grants, in words, for every place a role is chosen."""
+        parts = []
+        if self.authorize_all:
+            parts.append(str(_("⚠ EVERY machine, blocked ones too")))
+        else:
+            parts.append(str(_("authorized machines only")))
+        if self.maintenance:
+            parts.append(str(_("maintenance (level 2 on boards)")))
+        if self.backend_admin:
+            parts.append(str(_("portal administration")))
+        return ", ".join(parts)
+
+    def choice_label(self) -> str:
+        return f"{self.name} — {self.grants()}"
+
+
+def default_role() -> Role | None:
+    """The role a new member's form preselects: DEFAULT_ROLE, only while it grants nothing beyond authorizations."""
+    role = Role.objects.filter(name=DEFAULT_ROLE).first()
+    return role if role is not None and role.grants_nothing else None
 
 
 class MemberManager(BaseUserManager["Member"]):

@@ -12,6 +12,7 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 
 from fabomatic.admin import format_seconds
+from operations import audit
 
 from .models import Member
 from .report import member_report
@@ -23,6 +24,7 @@ def member_report_view(request: HttpRequest, member_id: int) -> HttpResponse:
         raise PermissionDenied
     member = get_object_or_404(Member, pk=member_id)
     report = member_report(member)
+    audit.record(member, message="Data report (all personal data) viewed", access=True, request=request)
     query = urlencode({"member__id__exact": member.pk})
     context = {
         **admin.site.each_context(request),

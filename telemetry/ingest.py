@@ -200,12 +200,10 @@ def _sync_cache(machine_id: int, request: p.SyncCache) -> p.Reply:
     rows = list(
         cards.distinct()
         .order_by("uid")
-        .values_list("uid", "member__role__authorize_all", "member__role__maintenance")[
-            request.offset : request.offset + SYNC_PAGE + 1
-        ]
+        .values_list("uid", "member__role__maintenance")[request.offset : request.offset + SYNC_PAGE + 1]
     )
     more = len(rows) > SYNC_PAGE
-    entries = [(uid, 2 if (everything or maint) else 1) for uid, everything, maint in rows[:SYNC_PAGE]]
+    entries = [(uid, 2 if maint else 1) for uid, maint in rows[:SYNC_PAGE]]  # level 2: maintenance roles only
     return p.cards_reply(entries, offset=request.offset, more=more)
 
 

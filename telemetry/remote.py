@@ -12,10 +12,12 @@ import uuid
 from typing import Literal
 
 from django.conf import settings
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from machines.models import Machine
-from members.models import Member
+from machines import services
+from machines.models import Machine, Use
+from members.models import Card, Member
 
 from .mqtt import build_client, request_topic
 
@@ -65,6 +67,11 @@ def send_remote_command(machine: Machine, action: Literal["start", "stop"], memb
     card = member.active_card
     if card is None:
         raise NoActiveCard()
+    _publish(machine, action, card)
+    logger.info("remote %s sent to machine %s for member %s", action, machine.pk, member.pk)
+
+
+def _publish(machine: Machine, action: Literal["start", "stop"], card: Card) -> None:
     payload = json.dumps({"request_type": action, "uid": card.uid})
     # A client id of its own: reusing the bridge's would disconnect the bridge.
     client = build_client(client_id=f"fabomatic-remote-{uuid.uuid4().hex[:12]}")
@@ -81,4 +88,25 @@ def send_remote_command(machine: Machine, action: Literal["start", "stop"], memb
     finally:
         client.disconnect()
         client.loop_stop()
-    logger.info("remote %s sent to machine %s for member %s", action, machine.pk, member.pk)
+
+
+def end_use(use: Use, *, by: Member) -> bool:
+    """End an open use from the portal without ever leaving two overlapping uses on the machine.
+
+    Board online: the board is asked to stop (the remote stop); its ``stopuse`` then closes the use with the real
+    duration, and the use stays open until then, so an ``inuse`` in between is the same session. The stop carries
+    the staff member's card, or the user's when staff have none (the board logs out whoever is on). Refused with a
+    :class:`RemoteCommandError` when it cannot be sent. Board offline: the use is closed here, now; a later
+    ``inuse`` of the board cannot start before this end (telemetry/sessions.py). Returns True when it was closed
+    here, False when the board was asked to stop.
+    """
+    machine = Machine.objects.get(pk=use.machine_id)
+    if not machine.is_online():
+        services.close_use(use, ended_at=timezone.now())
+        return True
+    card = by.active_card or use.member.active_card
+    if card is None:
+        raise NoActiveCard()
+    _publish(machine, "stop", card)
+    logger.info("remote stop sent to machine %s to end use %s, by member %s", machine.pk, use.pk, by.pk)
+    return False

@@ -90,9 +90,12 @@ def in_use(machine_id: int, request: p.InUse, now: datetime) -> Outcome:
         return Outcome(p.simple_reply(True, "inUse"), changed=changed)
     # A missed startuse, e.g. after a backend restart (S17): the session began `duration` ago, if it can have.
     machine = machine_of(machine_id)
-    verdict = services.judge_duration(request.duration, machine.type, since=_previous_end(machine_id, current), now=now)
+    previous_end = _previous_end(machine_id, current)
+    verdict = services.judge_duration(request.duration, machine.type, since=previous_end, now=now)
     if verdict is None:
         start = now - timedelta(seconds=request.duration)
+        if previous_end is not None and start < previous_end:  # within the slack: never overlap the previous use
+            start = min(previous_end, now)
         Use.objects.create(member=member, machine_id=machine_id, started_at=start, last_seen=now)
         return Outcome(p.simple_reply(True, "inUse"), changed=True)
     # Someone is on the machine, but not since when the board says: opened now, flagged for staff.

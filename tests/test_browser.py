@@ -274,7 +274,7 @@ def test_it_registers_a_member_from_a_card_swiped_on_a_board(world: World, board
     page.fill("#id_first_name", "Greta")
     page.fill("#id_last_name", "Verdi")
     if page.locator("#id_role").count():
-        page.select_option("#id_role", label="USER")
+        page.select_option("#id_role", label="USER — authorized machines only")
     page.locator("input[name=_save]").click()
     expect(page.locator("ul.messagelist")).to_contain_text("Greta")
 

@@ -77,7 +77,10 @@ def test_end_now_closes_open_uses_and_adds_their_time(admin_client: Client, lab:
     use = Use.objects.create(
         member=lab.normal, machine=lab.laser, started_at=now - timedelta(hours=3), last_seen=now - timedelta(hours=1)
     )
-    response = admin_client.post(USES, {"action": "end_now", "_selected_action": [use.pk]})
+    confirm = admin_client.post(USES, {"action": "end_now", "_selected_action": [use.pk]})
+    assert confirm.status_code == 200 and "the board is offline, the use is closed here now" in confirm.content.decode()
+    assert Use.objects.get().ended_at is None  # nothing happens before the confirmation
+    response = admin_client.post(USES, {"action": "end_now", "_selected_action": [use.pk], "post": "yes"})
     assert response.status_code == 302
     use.refresh_from_db()
     assert use.duration is not None
@@ -179,11 +182,14 @@ def test_recording_an_intervention_from_the_machine_page_resets_the_plan(admin_c
     Machine.objects.filter(pk=lab.laser.pk).update(hours=12.5)
     url = reverse("admin:machines_machine_record", args=[lab.laser.pk, lab.plan.pk])
     assert admin_client.get(url).status_code == 405
-    response = admin_client.post(url)
+    assert admin_client.post(url).status_code == 200  # the confirmation, with a note
+    assert not Intervention.objects.exists()
+    response = admin_client.post(url, {"post": "yes", "note": "new lens"})
     assert response.status_code == 302
     lab.plan.refresh_from_db()
     assert lab.plan.done_at_hours == 12.5
     assert Intervention.objects.get().machine_hours == 12.5
+    assert Intervention.objects.get().note == "new lens"
 
 
 def test_a_back_dated_intervention_resets_the_plan_only_if_it_is_the_latest(admin_client: Client, lab: Lab) -> None:
@@ -204,12 +210,12 @@ def test_a_back_dated_intervention_resets_the_plan_only_if_it_is_the_latest(admi
 
 def test_remote_start_is_refused_clearly_when_offline_or_without_a_card(admin_client: Client, lab: Lab) -> None:
     url = reverse("admin:machines_machine_remote", args=[lab.laser.pk, "start"])
-    response = admin_client.post(url)
+    response = admin_client.post(url, {"post": "yes"})
     assert response.status_code == 302
     assert any("offline" in m for m in messages_of(response))
 
     Machine.objects.filter(pk=lab.laser.pk).update(last_seen=timezone.now())
-    response = admin_client.post(url)
+    response = admin_client.post(url, {"post": "yes"})
     assert any("no active card" in m for m in messages_of(response))
 
 
@@ -255,7 +261,8 @@ def test_a_maintainer_sees_machines_records_maintenance_but_changes_nothing_else
     page = machine_page.content.decode()
     assert "Record intervention" in page and "Remote start" not in page
 
-    assert client.post(reverse("admin:machines_machine_record", args=[lab.laser.pk, lab.plan.pk])).status_code == 302
+    record = reverse("admin:machines_machine_record", args=[lab.laser.pk, lab.plan.pk])
+    assert client.post(record, {"post": "yes"}).status_code == 302
     assert Intervention.objects.filter(member=lab.staff).count() == 1
     assert client.post(reverse("admin:machines_machine_remote", args=[lab.laser.pk, "start"])).status_code == 403
     member_url = reverse("admin:members_member_change", args=[lab.normal.pk])
@@ -272,7 +279,8 @@ def test_an_open_use_page_has_an_end_now_button_that_closes_it(admin_client: Cli
     # What the button submits: the whole change form, sent to the list's action handler.
     start = local(use.started_at)
     form = {"started_at_0": start["0"], "started_at_1": start["1"], "_selected_action": use.pk, "action": "end_now"}
-    assert admin_client.post(USES, form).status_code == 302
+    assert admin_client.post(USES, form).status_code == 200  # the confirmation
+    assert admin_client.post(USES, {**form, "post": "yes"}).status_code == 302
     use.refresh_from_db()
     assert use.ended_at is not None and 1 <= meter(lab.laser) < 1.02
 

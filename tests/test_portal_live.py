@@ -52,7 +52,8 @@ def test_ending_a_use_in_the_portal_frees_the_tile(
     now = timezone.now()
     use = Use.objects.create(member=lab.normal, machine=lab.laser, started_at=now, last_seen=now)
     with django_capture_on_commit_callbacks(execute=True):
-        admin_client.post(reverse("admin:machines_use_changelist"), {"action": "end_now", "_selected_action": [use.pk]})
+        form = {"action": "end_now", "_selected_action": [use.pk], "post": "yes"}  # confirmed; the board is offline
+        admin_client.post(reverse("admin:machines_use_changelist"), form)
     tile = next_tile(dashboard_channel)
     assert tile["id"] == lab.laser.pk and tile["state"] != "in_use" and tile["user"] is None
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from django.db import transaction
 
+from members.models import Member
+from operations import audit
+
 from . import counters, history, machines, people
 from .run import ImportReport, Run
 from .source import LegacyImportError, Source, check_schema, open_legacy, schema_version
@@ -42,7 +45,8 @@ def import_database(path: str | Path, *, dry_run: bool = False) -> ImportReport:
         columns = check_schema(con)
         report = ImportReport(path=str(path), schema_version=schema_version(con, columns), dry_run=dry_run)
         try:
-            with transaction.atomic():
+            # One audit entry for the whole import (below), not one per imported row.
+            with transaction.atomic(), audit.paused():
                 run = Run(Source(con, columns), report)
                 for step in STEPS:
                     step(run)
@@ -61,4 +65,7 @@ def import_database(path: str | Path, *, dry_run: bool = False) -> ImportReport:
     )
     for message in report.warnings:
         logger.debug("import %s: %s", path, message)
+    if not dry_run:
+        summary = f"Import from FabOMatic ({Path(path).name}): {report.created} row(s) created"
+        audit.record(Member, message=summary, title=summary, changes={"warnings": [None, report.warnings[:200]]})
     return report

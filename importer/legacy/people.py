@@ -44,6 +44,9 @@ def roles(run: Run) -> None:
                 role.save()
                 if changed:
                     run.warn(f"Role {name!r} takes its flags from the old database: {', '.join(changed)}.")
+        if role.authorize_all and not role.reserved:
+            # The portal shows it too (members/admin.py warn_broad_roles) until staff untick it.
+            run.warn(f"Role {name!r} opens every machine to its members (authorize all); review it in the portal.")
         run.role_map[row["role_id"]] = role.pk
 
 
