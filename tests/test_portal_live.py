@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -28,8 +29,13 @@ def dashboard_channel() -> Iterator[str]:
     channel_layers.backends = {}
 
 
-def next_tile(channel: str) -> dict:
-    message = async_to_sync(get_channel_layer().receive)(channel)
+def next_tile(channel: str, timeout: float = 10) -> dict:
+    """The next tile update on the channel; fails (instead of waiting for ever) when none comes."""
+
+    async def receive() -> dict:
+        return await asyncio.wait_for(get_channel_layer().receive(channel), timeout)
+
+    message = async_to_sync(receive)()
     assert message["type"] == "machine.update"
     return message["tile"]
 
