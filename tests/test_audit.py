@@ -74,7 +74,7 @@ def test_the_audit_list_is_searchable_filterable_exportable_and_on_each_object(a
     page = admin_client.get(AUDIT, {"q": "Blocked", "action__exact": LogEntry.Action.UPDATE}).content.decode()
     assert "LASER 1" in page
     rows = export(admin_client, "auditlog_logentry", "?q=Blocked")
-    assert rows[0][:3] == ("when", "who", "action")
+    assert rows[0][:3] == ("When", "Who", "Action")  # headers capitalised, in the reader's language
     assert [row[6] for row in rows[1:]].count("Blocked") == 1  # the "message" column
     machine_page = admin_client.get(reverse("admin:machines_machine_change", args=[lab.laser.pk])).content.decode()
     audit_url = reverse("admin:machines_machine_auditlog", args=[lab.laser.pk])
@@ -161,3 +161,13 @@ def test_an_import_is_one_entry_and_its_broad_roles_are_raised_in_the_portal(adm
     page = admin_client.get(reverse("admin:members_member_changelist")).content.decode()
     for role in broad:  # the 1.0.x seed gave "authorize all" to its users' role
         assert f"The role “{role.name}” opens EVERY machine" in page
+
+
+def test_the_audit_pages_speak_italian(admin_client: Client, lab: Lab) -> None:
+    """django-auditlog ships no Italian: its strings are translated in the project's catalog."""
+    admin_client.post(reverse("admin:machines_machine_changelist"), {"action": "block", "_selected_action": [1]})
+    admin_client.cookies["django_language"] = "it"
+    page = admin_client.get(AUDIT).content.decode()
+    assert "Registro delle modifiche" in page and "Azione" in page
+    for english in (">Audit log<", "Resource Type", "log entries", ">Changes<"):
+        assert english not in page, english
