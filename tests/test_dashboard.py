@@ -192,3 +192,22 @@ def test_it_serves_its_script_and_styles_locally(admin_client, lab) -> None:
     for asset in ("fabomatic/dashboard.js", "fabomatic/dashboard.css"):
         assert f"/static/{asset}" in html
     assert not re.search(r'<(script|link)[^>]+(src|href)="(https?:)?//', html)
+
+
+@pytest.mark.django_db
+def test_the_tiles_escape_what_boards_and_staff_typed(admin_client) -> None:
+    """The tiles are drawn in Python (format_html): a machine name, a member's first name or a board's firmware
+    string with markup must come out as text."""
+    kind = MachineType.objects.create(name="Kind", requires_authorization=False)
+    now = timezone.now()
+    machine = Machine.objects.create(id=7, name="<b>CNC</b>", type=kind, last_seen=now)
+    Board.objects.create(machine=machine, serial="S7", firmware='"><script>alert(1)</script>', ip_address="10.0.0.7")
+    member = Member.objects.create_user(email="x@lab.test", first_name="<i>Ann</i>", role=Role.objects.first())
+    Use.objects.create(member=member, machine=machine, started_at=now, last_seen=now)
+
+    html = admin_client.get("/admin/").content.decode()
+
+    tiles = html.split('id="fab-tiles"')[1].split("</div>\n")[0]
+    assert "<script>" not in tiles and "<b>CNC" not in tiles and "<i>Ann" not in tiles
+    assert "&lt;b&gt;CNC&lt;/b&gt;" in tiles and "&lt;i&gt;Ann&lt;/i&gt;" in tiles
+    assert "&quot;&gt;&lt;script&gt;" in tiles and "10.0.0.7" in tiles

@@ -16,6 +16,8 @@ from django.conf import settings
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.utils.translation import gettext, npgettext
 from django.utils.translation import gettext_lazy as _
 
@@ -169,6 +171,9 @@ def page_context(now: datetime | None = None) -> dict[str, Any]:
                 "url": machine_url.replace("/0/", f"/{tile['id']}/") if machine_url else "",
             }
         )
+    texts = tile_texts()
+    for row in rows:
+        row["html"] = tile_html(row, texts, linked=bool(machine_url))
     return {
         "tiles": rows,
         "tiles_data": all_tiles,
@@ -191,3 +196,52 @@ def page_context(now: datetime | None = None) -> dict[str, Any]:
             "firmware": gettext("Board firmware"),
         },
     }
+
+
+def tile_texts() -> dict[str, str]:
+    """The tooltips and fallbacks of a tile, in the page's language (looked up once per page, not once per tile)."""
+    return {
+        "in_use": gettext("Time in use"),
+        "due": gettext("Maintenance due"),
+        "firmware": gettext("Board firmware"),
+        "seen": gettext("Last seen"),
+        "never": gettext("never seen"),
+        "ip": gettext("IP address"),
+    }
+
+
+def tile_html(row: dict[str, Any], texts: dict[str, str], *, linked: bool) -> SafeString:
+    """One tile of the page, escaped by format_html: the same markup the script fills in (admin/index.html's
+    template element). Drawn here rather than by the template engine, whose ~20 nodes a tile made a dashboard of
+    1,000 machines take 100 ms to render."""
+    if linked:
+        name = format_html('<a class="fab-tile-name" href="{}">{}</a>', row["url"], row["name"])
+    else:
+        name = format_html('<span class="fab-tile-name">{}</span>', row["name"])
+    return format_html(
+        '<article class="fab-tile" data-id="{}" data-state="{}">'
+        '<div class="fab-tile-top">{}<span class="fab-tile-state">{}</span></div>'
+        '<p class="fab-tile-detail"><span class="fab-tile-user">{}</span>'
+        '<time class="fab-tile-elapsed" datetime="{}" title="{}">{}</time>'
+        '<span class="fab-tile-maint" title="{}">{}</span></p>'
+        '<p class="fab-tile-board"><span class="fab-tile-ip" title="{}">{}</span>'
+        '<time class="fab-tile-seen" datetime="{}" title="{}">{}</time>'
+        '<span class="fab-tile-fw" title="{}">{}</span></p></article>',
+        row["id"],
+        row["state"],
+        name,
+        row["label"],
+        row["user"] or "",
+        row["since"] or "",
+        texts["in_use"],
+        row["elapsed"],
+        texts["due"],
+        row["maintenance"],
+        texts["ip"],
+        row["ip"] or "",
+        row["last_seen"] or "",
+        texts["seen"],
+        row["seen"] or texts["never"],
+        texts["firmware"],
+        row["firmware"] or "—",
+    )
