@@ -61,6 +61,17 @@ def lab(db: None) -> Lab:
 
 
 @pytest.fixture
+def boss(lab: Lab) -> Member:
+    """A portal administrator (a BACKEND role): the System page's backup, restore and credentials are theirs."""
+    return Member.objects.create_user(
+        email="boss@lab.test",
+        first_name="Boss",
+        role=Role.objects.create(name="BACKEND", backend_admin=True),
+        is_staff=True,
+    )
+
+
+@pytest.fixture
 def fast_passwords(settings: Settings) -> None:
     """MD5 instead of PBKDF2 for modules that log in per test (admin_client): a full PBKDF2 run per test otherwise."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

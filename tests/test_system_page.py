@@ -25,16 +25,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def boss(lab: Lab) -> Member:
-    return Member.objects.create_user(
-        email="boss@lab.test",
-        first_name="Boss",
-        role=Role.objects.create(name="BACKEND", backend_admin=True),
-        is_staff=True,
-    )
-
-
-@pytest.fixture
 def stats_broker(broker: Broker, settings: Settings) -> Iterator[Broker]:
     settings.MQTT = {**settings.MQTT, "HOST": "127.0.0.1", "PORT": broker.port, "USERNAME": None, "TLS": False}
     cache.clear()

@@ -32,16 +32,6 @@ N = "aabbccd3"  # Nina, authorized on M1
 
 
 @pytest.fixture
-def boss(lab: Lab) -> Member:
-    return Member.objects.create_user(
-        email="boss@lab.test",
-        first_name="Boss",
-        role=Role.objects.create(name="BACKEND", backend_admin=True),
-        is_staff=True,
-    )
-
-
-@pytest.fixture
 def data_dir(settings: Settings, tmp_path: Path) -> Path:
     settings.DATA_DIR = tmp_path / "data"
     settings.DATA_DIR.mkdir()
