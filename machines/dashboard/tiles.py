@@ -8,6 +8,7 @@ tiles when they change.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypedDict
@@ -16,8 +17,7 @@ from django.conf import settings
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext, npgettext
 from django.utils.translation import gettext_lazy as _
 
@@ -199,8 +199,8 @@ def page_context(now: datetime | None = None) -> dict[str, Any]:
 
 
 def tile_texts() -> dict[str, str]:
-    """The tooltips and fallbacks of a tile, in the page's language (looked up once per page, not once per tile)."""
-    return {
+    """The tooltips and fallbacks of a tile in the page's language, escaped: looked up once per page, not per tile."""
+    texts = {
         "in_use": gettext("Time in use"),
         "due": gettext("Maintenance due"),
         "firmware": gettext("Board firmware"),
@@ -208,40 +208,53 @@ def tile_texts() -> dict[str, str]:
         "never": gettext("never seen"),
         "ip": gettext("IP address"),
     }
+    return {key: html.escape(text) for key, text in texts.items()}
+
+
+TILE_HTML = (
+    '<article class="fab-tile" data-id="{id}" data-state="{state}">'
+    '<div class="fab-tile-top">{name}<span class="fab-tile-state">{label}</span></div>'
+    '<p class="fab-tile-detail"><span class="fab-tile-user">{user}</span>'
+    '<time class="fab-tile-elapsed" datetime="{since}" title="{t[in_use]}">{elapsed}</time>'
+    '<span class="fab-tile-maint" title="{t[due]}">{maintenance}</span></p>'
+    '<p class="fab-tile-board"><span class="fab-tile-ip" title="{t[ip]}">{ip}</span>'
+    '<time class="fab-tile-seen" datetime="{last_seen}" title="{t[seen]}">{seen}</time>'
+    '<span class="fab-tile-fw" title="{t[firmware]}">{firmware}</span></p></article>'
+)
 
 
 def tile_html(row: dict[str, Any], texts: dict[str, str], *, linked: bool) -> SafeString:
-    """One tile of the page, escaped by format_html: the same markup the script fills in (admin/index.html's
-    template element). Drawn here rather than by the template engine, whose ~20 nodes a tile made a dashboard of
-    1,000 machines take 100 ms to render."""
+    """One tile of the page: the same markup the script fills in (admin/index.html's template element).
+
+    Drawn here rather than by the template engine, whose ~20 nodes a tile made a dashboard of 1,000 machines take
+    100 ms to render; every value is escaped with the standard library's ``html.escape`` (what Django's ``escape``
+    calls, without its lazy-string wrapper, which cost a third of the page at 1,000 tiles). ``texts``: from
+    :func:`tile_texts`, already escaped.
+    """
+
+    def e(value: object) -> str:
+        return "" if value is None else html.escape(str(value))
+
+    name = e(row["name"])
     if linked:
-        name = format_html('<a class="fab-tile-name" href="{}">{}</a>', row["url"], row["name"])
+        name = f'<a class="fab-tile-name" href="{e(row["url"])}">{name}</a>'
     else:
-        name = format_html('<span class="fab-tile-name">{}</span>', row["name"])
-    return format_html(
-        '<article class="fab-tile" data-id="{}" data-state="{}">'
-        '<div class="fab-tile-top">{}<span class="fab-tile-state">{}</span></div>'
-        '<p class="fab-tile-detail"><span class="fab-tile-user">{}</span>'
-        '<time class="fab-tile-elapsed" datetime="{}" title="{}">{}</time>'
-        '<span class="fab-tile-maint" title="{}">{}</span></p>'
-        '<p class="fab-tile-board"><span class="fab-tile-ip" title="{}">{}</span>'
-        '<time class="fab-tile-seen" datetime="{}" title="{}">{}</time>'
-        '<span class="fab-tile-fw" title="{}">{}</span></p></article>',
-        row["id"],
-        row["state"],
-        name,
-        row["label"],
-        row["user"] or "",
-        row["since"] or "",
-        texts["in_use"],
-        row["elapsed"],
-        texts["due"],
-        row["maintenance"],
-        texts["ip"],
-        row["ip"] or "",
-        row["last_seen"] or "",
-        texts["seen"],
-        row["seen"] or texts["never"],
-        texts["firmware"],
-        row["firmware"] or "—",
+        name = f'<span class="fab-tile-name">{name}</span>'
+    # Every value above is escaped.
+    return mark_safe(
+        TILE_HTML.format(
+            id=e(row["id"]),
+            state=e(row["state"]),
+            name=name,
+            label=e(row["label"]),
+            user=e(row["user"]),
+            since=e(row["since"]),
+            elapsed=e(row["elapsed"]),
+            maintenance=e(row["maintenance"]),
+            ip=e(row["ip"]),
+            last_seen=e(row["last_seen"]),
+            seen=e(row["seen"]) or texts["never"],
+            firmware=e(row["firmware"]) or "—",
+            t=texts,
+        )
     )
