@@ -12,6 +12,7 @@ import itertools
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import transaction
 from django.db.models import F, Q, Sum
@@ -20,6 +21,7 @@ from django.utils import timezone
 from members.models import Member
 
 from .models import Authorization, Intervention, Machine, MachineType, MaintenancePlan, Use
+from .models import Refusal as RefusalRow
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +46,17 @@ class Level(enum.IntEnum):
     STAFF = 2  # may record maintenance, not blocked by "maintenance needed"
 
 
-class Refusal(enum.StrEnum):
-    DISABLED = "disabled"
-    DELETED = "deleted"
-    BLOCKED = "blocked"
-    NOT_AUTHORIZED = "not_authorized"
+# Why a card is refused (kept with each refused ``checkuser``, machines.models.Refusal).
+Refusal = RefusalRow.Reason
+
+_READ: Any = object()  # "not given: read it"
 
 
 @dataclass(frozen=True)
 class AccessDecision:
     allowed: bool
     level: Level
-    refusal: Refusal | None = None
+    refusal: str | None = None
 
 
 def board_level(member: Member) -> Level:
@@ -63,38 +64,71 @@ def board_level(member: Member) -> Level:
     return Level.STAFF if member.role.is_staff_level else Level.NORMAL
 
 
-def check_access(member: Member, machine: Machine, *, authorized: bool | None = None) -> AccessDecision:
-    """May this member use this machine? The order of the old backend (docs/protocol.md §2.2).
+def check_access(
+    member: Member,
+    machine: Machine,
+    *,
+    authorization: Authorization | None = _READ,
+    lock: str | None = _READ,
+    now: datetime | None = None,
+) -> AccessDecision:
+    """May this member use this machine? The old backend's order (docs/protocol.md §2.2) with the safety locks.
 
-    ``authorized``: whether an Authorization row exists, when the caller already read it (the bridge's one query).
+    1. member disabled, inactive or erased: refused;
+    2. below level 2 on a machine locked by an out-of-order fault report or a pending check after use: refused
+       (staff pass, as the board's "maintenance needed" lets level 2 pass);
+    3. role *authorize all*: allowed, even on a blocked machine;
+    4. machine blocked: refused;
+    5. type without authorization: allowed;
+    6. the member's authorization: allowed unless it lapsed (expired); none: refused.
+
+    ``authorization`` (the member's row for this machine or None) and ``lock`` (``safety.lock_reason``): when the
+    caller already read them (the bridge's one query); otherwise read here.
     """
-    if member.disabled or not member.is_active:
+    if member.disabled or not member.is_active or member.deleted_at is not None:
         return AccessDecision(False, Level.INVALID, Refusal.DISABLED)
-    if member.deleted_at is not None:
-        return AccessDecision(False, Level.INVALID, Refusal.DELETED)
+    level = board_level(member)
+    if level < Level.STAFF:
+        if lock is _READ:
+            from .safety import lock_reason
+
+            lock = lock_reason(machine.pk)
+        if lock:
+            return AccessDecision(False, Level.INVALID, lock)
     if member.role.authorize_all:
-        return AccessDecision(True, board_level(member))
+        return AccessDecision(True, level)
     if machine.blocked:
         return AccessDecision(False, Level.INVALID, Refusal.BLOCKED)
     if not machine.type.requires_authorization:
-        return AccessDecision(True, board_level(member))
-    if authorized is None:
-        authorized = Authorization.objects.filter(member=member, machine=machine).exists()
-    if authorized:
-        return AccessDecision(True, board_level(member))
-    return AccessDecision(False, Level.INVALID, Refusal.NOT_AUTHORIZED)
+        return AccessDecision(True, level)
+    if authorization is _READ:
+        authorization = Authorization.objects.filter(member=member, machine=machine).only("expires_at").first()
+    if authorization is None:
+        return AccessDecision(False, Level.INVALID, Refusal.NOT_AUTHORIZED)
+    if authorization.is_expired(now):
+        return AccessDecision(False, Level.INVALID, Refusal.EXPIRED)
+    return AccessDecision(True, level)
 
 
-def may_use_filter(machine: Machine, *, member: str = "") -> Q:
+def may_use_filter(machine: Machine, *, member: str = "", now: datetime | None = None) -> Q:
     """``check_access`` as a database filter on members (``member``: the path to the member, e.g. "member__"), for
     lists that must be paged in SQL (the board's card cache). tests/test_access_rule.py proves the two agree on
     every combination of the inputs."""
+    from .safety import lock_reason
+
+    now = now or timezone.now()
     active = Q(**{f"{member}disabled": False, f"{member}is_active": True, f"{member}deleted_at__isnull": True})
+    if lock_reason(machine.pk):
+        active &= Q(**{f"{member}role__maintenance": True})
     if machine.blocked:
         return active & Q(**{f"{member}role__authorize_all": True})
     if not machine.type.requires_authorization:
         return active
-    return active & (Q(**{f"{member}role__authorize_all": True}) | Q(**{f"{member}authorizations__machine": machine}))
+    authorized = Q(**{f"{member}authorizations__machine": machine}) & (
+        Q(**{f"{member}authorizations__expires_at__isnull": True})
+        | Q(**{f"{member}authorizations__expires_at__gt": now})
+    )
+    return active & (Q(**{f"{member}role__authorize_all": True}) | authorized)
 
 
 def may_record_maintenance(member: Member) -> bool:

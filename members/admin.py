@@ -135,6 +135,7 @@ class CardInline(admin.TabularInline):
 
 class AuthorizationInline(admin.TabularInline):
     model = Authorization
+    fk_name = "member"  # trained_by also points to a member
     extra = 0
     fields = ["machine", "granted_at"]
     readonly_fields = ["granted_at"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -148,6 +149,20 @@ class Member(AbstractBaseUser, PermissionsMixin):
         _("disabled"), default=False, help_text=_("A disabled member is refused on every machine.")
     )
     receive_weekly_summary = models.BooleanField(_("weekly summary"), default=False)
+    # Opt-out: a member is told before a training of theirs expires unless they say no.
+    training_reminders = models.BooleanField(
+        _("training reminders"),
+        default=True,
+        help_text=_("E-mail before an authorization expires (at most one a day)."),
+    )
+    last_reminder_on = models.DateField(_("last reminder"), null=True, blank=True, editable=False)
+    language = models.CharField(
+        _("language"),
+        max_length=8,
+        choices=settings.LANGUAGES,
+        blank=True,
+        help_text=_("Of the e-mails the member receives. Empty: the lab's language."),
+    )
     is_staff = models.BooleanField(_("portal access"), default=False)
     is_active = models.BooleanField(_("active"), default=True)
     date_joined = models.DateTimeField(_("joined"), default=timezone.now)

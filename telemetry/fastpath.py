@@ -23,7 +23,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.utils import timezone
 
 from machines import services
-from machines.models import Authorization, Machine, MachineType, MaintenancePlan, Use
+from machines.models import Authorization, FaultReport, Machine, MachineCheck, MachineType, MaintenancePlan, Use
 from members.models import Card, Member, Role
 
 from . import protocol as p
@@ -94,6 +94,7 @@ _U, _C, _MEM, _R = Use._meta.db_table, Card._meta.db_table, Member._meta.db_tabl
 
 
 _A, _B = Authorization._meta.db_table, Board._meta.db_table
+_F, _K = FaultReport._meta.db_table, MachineCheck._meta.db_table
 
 
 _SQL_MACHINE = f"""
@@ -107,11 +108,14 @@ _SQL_USER = f"""
     SELECT m.last_seen >= %s, m.blocked, t.requires_authorization,
            mem.id, mem.first_name, mem.disabled, mem.is_active, mem.deleted_at IS NOT NULL,
            r.authorize_all, r.maintenance,
-           EXISTS(SELECT 1 FROM {_A} a WHERE a.member_id = mem.id AND a.machine_id = m.id)
+           a.id, a.expires_at,
+           EXISTS(SELECT 1 FROM {_F} f WHERE f.machine_id = m.id AND f.closed_at IS NULL AND f.severity = %s),
+           EXISTS(SELECT 1 FROM {_K} k WHERE k.machine_id = m.id AND k.checked_at IS NULL)
     FROM {_M} m JOIN {_T} t ON t.id = m.type_id
     LEFT JOIN {_C} c ON c.uid = %s AND c.active
     LEFT JOIN {_MEM} mem ON mem.id = c.member_id
     LEFT JOIN {_R} r ON r.id = mem.role_id
+    LEFT JOIN {_A} a ON a.member_id = mem.id AND a.machine_id = m.id
     WHERE m.id = %s"""
 
 
@@ -176,10 +180,13 @@ def _fast_check_machine(machine_id: int, request: p.CheckMachine, now: datetime)
 
 
 def _fast_check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Outcome | None:
-    rows = _fetch(_SQL_USER, [_online_since(now), request.uid, machine_id])
+    """An allowed card, answered from one query. A refusal is kept with its reason and may be a trainee's sign-off:
+    the transactional path."""
+    rows = _fetch(_SQL_USER, [_online_since(now), FaultReport.Severity.OUT_OF_ORDER, request.uid, machine_id])
     if not rows or not rows[0][0] or rows[0][3] is None:
         return None  # unknown machine or card (recorded for registration), or coming online
-    _online, blocked, needs_auth, member_id, first_name, disabled, active, deleted, everything, maint, auth = rows[0]
+    (_online, blocked, needs_auth, member_id, first_name, disabled, active, deleted, everything, maint, auth_id,
+     expires, fault, check) = rows[0]  # fmt: skip
     member = Member(
         id=member_id,
         first_name=first_name,
@@ -189,7 +196,12 @@ def _fast_check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Ou
         role=Role(authorize_all=bool(everything), maintenance=bool(maint)),
     )
     machine = Machine(id=machine_id, blocked=bool(blocked), type=MachineType(requires_authorization=bool(needs_auth)))
-    return Outcome(user_reply(member, services.check_access(member, machine, authorized=bool(auth))))
+    authorization = Authorization(expires_at=_dt(expires) if expires else None) if auth_id else None
+    lock = services.Refusal.FAULT if fault else services.Refusal.TO_CHECK if check else None
+    decision = services.check_access(member, machine, authorization=authorization, lock=lock, now=now)
+    if not decision.allowed:
+        return None
+    return Outcome(user_reply(member, decision))
 
 
 def _fast_in_use(machine_id: int, request: p.InUse, now: datetime) -> Outcome | None:

@@ -21,7 +21,7 @@ from django.db import DatabaseError, IntegrityError, InterfaceError, Operational
 from django.db.models import F
 from django.utils import timezone
 
-from machines import services
+from machines import safety, services
 from machines.models import Machine
 from members.models import Card, UnknownCard
 
@@ -142,8 +142,17 @@ def _check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Outcome
     if member is None:
         if request.uid != p.NO_CARD and not Card.objects.filter(uid=request.uid).exists():
             _note_unknown_card(request.uid, machine_id, now)  # for registration
+        if request.uid != p.NO_CARD:
+            safety.record_refusal(machine_id, services.Refusal.UNKNOWN_CARD, uid=request.uid, now=now)
         return Outcome(p.user_reply(is_valid=False, name="Unknown", level=0))
-    return Outcome(user_reply(member, services.check_access(member, machine_of(machine_id))))
+    machine = machine_of(machine_id)
+    decision = services.check_access(member, machine, now=now)
+    if decision.refusal in (services.Refusal.NOT_AUTHORIZED, services.Refusal.EXPIRED):
+        if safety.sign_off(machine, member, now) is not None:  # a trainer armed this machine: trained on this swipe
+            return Outcome(user_reply(member, services.check_access(member, machine, now=now)), changed=True)
+    if decision.refusal:
+        safety.record_refusal(machine_id, decision.refusal, member_id=member.pk, uid=request.uid, now=now)
+    return Outcome(user_reply(member, decision))
 
 
 def _note_unknown_card(uid: str, machine_id: int, now: datetime) -> None:

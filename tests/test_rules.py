@@ -31,7 +31,7 @@ def test_it_refuses_disabled_before_anything_else(lab):
 
 def test_it_refuses_deleted_members(lab):
     lab.normal.deleted_at = timezone.now()
-    assert services.check_access(lab.normal, lab.laser).refusal == Refusal.DELETED
+    assert services.check_access(lab.normal, lab.laser).refusal == Refusal.DISABLED
 
 
 def test_it_refuses_normal_members_on_blocked_machines(lab):
