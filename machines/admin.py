@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, ngettext
+from django.utils.translation import gettext_lazy, gettext_noop, ngettext
 
 from fabomatic.admin import (
     AddAnotherMixin,
@@ -307,7 +307,7 @@ class MachineAdmin(AuditedAdmin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportM
     def block(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
         machines = list(queryset.filter(blocked=False))
         n = queryset.update(blocked=True)
-        audit.record_many(machines, message="Blocked", changes={"blocked": ["False", "True"]})
+        audit.record_many(machines, message=gettext_noop("Blocked"), changes={"blocked": ["False", "True"]})
         self.push_live(m.pk for m in machines)
         self.message_user(request, ngettext("%(n)d machine blocked.", "%(n)d machines blocked.", n) % {"n": n})
 
@@ -315,7 +315,7 @@ class MachineAdmin(AuditedAdmin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportM
     def unblock(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
         machines = list(queryset.filter(blocked=True))
         n = queryset.update(blocked=False)
-        audit.record_many(machines, message="Unblocked", changes={"blocked": ["True", "False"]})
+        audit.record_many(machines, message=gettext_noop("Unblocked"), changes={"blocked": ["True", "False"]})
         self.push_live(m.pk for m in machines)
         self.message_user(request, ngettext("%(n)d machine unblocked.", "%(n)d machines unblocked.", n) % {"n": n})
 

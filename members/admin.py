@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, ngettext
+from django.utils.translation import gettext_lazy, gettext_noop, ngettext
 
 from fabomatic.admin import AddAnotherMixin, ExcelExportMixin, InUseDeleteMixin, badge, format_seconds
 from fabomatic.http import acting_member
@@ -410,7 +410,12 @@ class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
             if form.cleaned_data["operation"] == BulkAuthorizationForm.GRANT:
                 services.grant_authorizations(members=members, machines=machines)
                 names = ", ".join(m.name for m in machines)
-                audit.record_many(members, message=f"Granted machines: {names}", changes={"machines": ["", names]})
+                audit.record_many(
+                    members,
+                    message=gettext_noop("Granted machines: %(machines)s"),
+                    params={"machines": names},
+                    changes={"machines": ["", names]},
+                )
                 text = _("Access to %(machines)d machine(s) granted to %(members)d member(s).") % {
                     "machines": len(machines),
                     "members": len(members),

@@ -34,6 +34,7 @@ from django.db import transaction
 from django.db.models import CharField, Exists, Max, Min, Model, OuterRef, Q, QuerySet
 from django.db.models.functions import Cast
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from machines.models import Authorization, Intervention, Use
 from operations import audit
@@ -213,7 +214,7 @@ def erase_member(member: Member, *, now: datetime | None = None) -> None:
             for model in _axes_models():
                 model._default_manager.filter(username__iexact=email).delete()
     # One entry without personal data: the deletions and the blanking above are not recorded field by field.
-    audit.record(member, message="Erased (GDPR right to erasure)", title=audit.erased_label(member))
+    audit.record(member, message=gettext_noop("Erased (GDPR right to erasure)"), title=audit.erased_label(member))
     logger.info("Erased member #%s", member.pk)
 
 

@@ -4,6 +4,7 @@ redacted on erasure (django-auditlog, operations/audit.py)."""
 
 from __future__ import annotations
 
+import html
 from datetime import timedelta
 
 from auditlog.context import set_actor
@@ -11,11 +12,13 @@ from auditlog.models import LogEntry
 from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.translation import gettext_noop
 
 from machines.models import Machine
 from members.gdpr import erase_member, purge
 from members.models import Card, Member, Role
+from operations import audit
 
 from .conftest import Lab
 from .test_export_xlsx import export
@@ -24,7 +27,8 @@ AUDIT = reverse("admin:auditlog_logentry_changelist")
 
 
 def message(entry: LogEntry) -> str:
-    return str((entry.additional_data or {}).get("message", ""))
+    """The entry's message as written in the code (stored as a msgid and its parameters)."""
+    return audit.english(entry)
 
 
 def test_a_form_change_is_recorded_with_who_and_before_after(admin_client: Client, lab: Lab) -> None:
@@ -93,8 +97,6 @@ def test_only_portal_administrators_see_the_audit_list(client: Client, lab: Lab)
 def test_the_purge_deletes_audit_entries_older_than_the_retention(lab: Lab, settings) -> None:
     settings.AUDIT_RETENTION_DAYS = 30
     Machine.objects.filter(pk=lab.laser.pk).update(name="old")  # no signal: recorded by hand below
-    from operations import audit
-
     old = audit.record(lab.laser, message="old")
     new = audit.record(lab.laser, message="new")
     assert old is not None and new is not None
@@ -171,3 +173,78 @@ def test_the_audit_pages_speak_italian(admin_client: Client, lab: Lab) -> None:
     assert "Registro delle modifiche" in page and "Azione" in page
     for english in (">Audit log<", "Resource Type", "log entries", ">Changes<"):
         assert english not in page, english
+
+
+# --- Messages in the reader's language -----------------------------------------------------------------------------
+
+STOP = gettext_noop("Remote stop: logged out %(member)s.")
+
+
+def _italian(client: Client) -> Client:
+    client.cookies["django_language"] = "it"
+    return client
+
+
+def test_messages_are_stored_as_msgid_and_params_and_shown_in_the_readers_language(
+    admin_client: Client, lab: Lab
+) -> None:
+    with translation.override("en"):  # recorded while the portal speaks English
+        entry = audit.record(lab.laser, message=STOP, params={"member": lab.normal})
+    assert entry is not None
+    assert entry.additional_data == {"message": STOP, "params": {"member": "Nina Test"}}
+    history = reverse("admin:machines_machine_auditlog", args=[lab.laser.pk])
+    for url in (AUDIT, history, reverse("admin:auditlog_logentry_change", args=[entry.pk])):
+        english = html.unescape(admin_client.get(url).content.decode())
+        assert "Remote stop: logged out Nina Test." in english, url
+        italian = html.unescape(_italian(admin_client).get(url).content.decode())
+        assert "Arresto remoto: disconnesso Nina Test." in italian and "Remote stop: logged out" not in italian, url
+        admin_client.cookies["django_language"] = "en"
+    rows = export(_italian(admin_client), "auditlog_logentry", "?q=Nina")
+    assert "Arresto remoto: disconnesso Nina Test." in [row[6] for row in rows[1:]]
+
+
+def test_a_message_recorded_in_italian_is_shown_in_english(admin_client: Client, lab: Lab) -> None:
+    changelist = reverse("admin:machines_machine_changelist")
+    _italian(admin_client).post(changelist, {"action": "block", "_selected_action": [lab.laser.pk]})
+    export(admin_client, "members_member")  # an export: no single object, titled by its message
+    entry = LogEntry.objects.get_for_object(lab.laser).latest()
+    assert entry.additional_data == {"message": "Blocked", "params": {}}
+    exported = LogEntry.objects.get(object_pk="", additional_data__message__startswith="Exported")
+    assert exported.additional_data["params"]["items"] == {"msgid": "members"}  # the list's name, untranslated
+    admin_client.cookies["django_language"] = "en"
+    page = html.unescape(admin_client.get(AUDIT).content.decode())
+    assert ">Blocked<" in page and "Bloccata" not in page
+    n = Member.objects.count()
+    assert f"Exported {n} members to Excel" in page and "Esportazione" not in page
+    history = admin_client.get(reverse("admin:machines_machine_auditlog", args=[lab.laser.pk])).content.decode()
+    assert ">Blocked<" in history
+    italian = html.unescape(_italian(admin_client).get(AUDIT).content.decode())
+    for column in ("resource_url", "message"):  # the title of an entry about no single object is its message
+        assert f'<td class="field-{column}">Esportazione in Excel: {n} soci</td>' in italian
+
+
+def test_old_entries_with_a_plain_message_still_show(admin_client: Client, lab: Lab) -> None:
+    old = audit.record(lab.laser, message="x")
+    assert old is not None
+    LogEntry.objects.filter(pk=old.pk).update(additional_data={"message": "Blocked"})  # before messages had params
+    older = audit.record(lab.printer, message="x")
+    assert older is not None
+    LogEntry.objects.filter(pk=older.pk).update(additional_data={"message": "Granted machines: LASER 1"})
+    page = html.unescape(_italian(admin_client).get(AUDIT).content.decode())
+    assert ">Bloccata<" in page  # a known msgid: translated
+    assert "Granted machines: LASER 1" in page  # a sentence of its own: as it was stored
+    assert audit.message_of({"message": "%(x)s broken", "params": {}}) == "%(x)s broken"
+    assert audit.message_of({"message": "Hi %(x)s", "params": {"y": 1}}) == "Hi %(x)s"  # a missing parameter
+
+
+def test_erasure_redacts_names_in_message_parameters_and_keeps_the_msgid(lab: Lab) -> None:
+    zoe = Member.objects.create_user(
+        email="zoe.p@lab.test", first_name="Zoe", last_name="Stop", role=Role.objects.get(name="USER")
+    )
+    entry = audit.record(lab.laser, message=STOP, params={"member": zoe})
+    assert entry is not None
+    erase_member(zoe)
+    entry.refresh_from_db()
+    assert entry.additional_data == {"message": STOP, "params": {"member": f"erased member #{zoe.pk}"}}
+    with translation.override("it"):
+        assert audit.message_of(entry) == f"Arresto remoto: disconnesso erased member #{zoe.pk}."
