@@ -18,6 +18,7 @@ translated when the sentence is a known msgid.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -241,8 +242,12 @@ def scrub_member(
     texts = sorted({t for t in names if len(t) >= 3}, key=len, reverse=True)
     by_text = Q()
     for text in texts:
-        for field in ("object_repr", "changes_text", "changes", "additional_data", "serialized_data", "actor_email"):
+        for field in ("object_repr", "changes_text", "actor_email"):
             by_text |= Q(**{f"{field}__icontains": text})
+        # JSON columns: SQLite keeps json.dumps' text, "Zoë" as "Zo\u00eb"; PostgreSQL's jsonb reads back as "Zoë".
+        for form in {text, json.dumps(text)[1:-1]}:
+            for field in ("changes", "additional_data", "serialized_data"):
+                by_text |= Q(**{f"{field}__icontains": form})
     patterns = [re.compile(re.escape(t), re.IGNORECASE) for t in texts]
     own_pks = set(entries.objects.filter(own).values_list("pk", flat=True))
     changed = list(entries.objects.filter(by_object | by_text | Q(actor=member)))

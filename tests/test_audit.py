@@ -248,3 +248,22 @@ def test_erasure_redacts_names_in_message_parameters_and_keeps_the_msgid(lab: La
     assert entry.additional_data == {"message": STOP, "params": {"member": f"erased member #{zoe.pk}"}}
     with translation.override("it"):
         assert audit.message_of(entry) == f"Arresto remoto: disconnesso erased member #{zoe.pk}."
+
+
+def test_erasure_finds_a_card_deleted_earlier_and_a_name_with_accents(lab: Lab) -> None:
+    """The JSON lookups (a deleted card's entries by the member they pointed to) and the text search over JSON
+    columns, where SQLite stores "ë" as "\\u00eb" and PostgreSQL as "ë" (tests/test_postgresql.py runs this there)."""
+    zoe = Member.objects.create_user(
+        email="zoe.n@lab.test", first_name="Zoë", last_name="Ñandú", role=Role.objects.get(name="USER")
+    )
+    lost = Card.objects.create(uid="c0ffee99", member=zoe)
+    lost.delete()  # lost before the erasure: only the trail still links it to her
+    for machine in (lab.laser, lab.printer):  # her name only in a message's parameters, on a machine's entries
+        audit.record(machine, message=STOP, params={"member": f"{zoe.first_name} {zoe.last_name}"})
+    erase_member(zoe)
+    text = " ".join(
+        f"{e.object_repr} {e.changes} {e.changes_text} {audit.english(e)} {e.serialized_data}"
+        for e in LogEntry.objects.all()
+    ).lower()
+    assert "c0ffee99" not in text and "ñandú" not in text and "zoë" not in text
+    assert text.count(f"logged out erased member #{zoe.pk}") == 2
