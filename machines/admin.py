@@ -36,6 +36,7 @@ from fabomatic.admin import (
     short_datetime,
 )
 from fabomatic.http import AuthenticatedHttpRequest, acting_member
+from members.filters import RoleFilter
 from operations import audit
 from operations.audited import AuditedAdmin
 from telemetry.credentials import issue_board_credentials
@@ -463,7 +464,7 @@ class MaintenancePlanAdmin(AuditedAdmin, LiveUpdatesMixin, admin.ModelAdmin):
 @admin.register(Authorization)
 class AuthorizationAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["member", "machine", "granted_at"]
-    list_filter = [MachineFilter, "member__role"]
+    list_filter = [MachineFilter, ("member__role", RoleFilter)]
     list_select_related = ["member", "machine"]
     search_fields = ["member__first_name", "member__last_name", "member__email", "machine__name"]
     autocomplete_fields = ["member", "machine"]

@@ -26,6 +26,7 @@ from operations import audit
 from operations.audited import AuditedAdmin
 
 from . import services
+from .filters import RoleFilter
 from .forms import BulkAuthorizationForm, CardForm, MemberAddForm, MemberChangeForm
 from .gdpr import erase_member
 from .models import ANONYMOUS_ROLE, Card, Member, Role, UnknownCard, default_role, normalize_uid
@@ -220,7 +221,7 @@ class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
 
     list_display = ["full_name", "email", "role", "card_list", "status", "is_staff", "last_use"]
     list_display_links = ["full_name"]
-    list_filter = [StatusFilter, "role", HasCardFilter, "is_staff", "receive_weekly_summary"]
+    list_filter = [StatusFilter, ("role", RoleFilter), HasCardFilter, "is_staff", "receive_weekly_summary"]
     list_select_related = ["role"]
     search_fields = ["first_name", "last_name", "email", "cards__uid"]
     search_help_text = gettext_lazy("Name, surname, e-mail or card UID")
