@@ -76,14 +76,14 @@ def _log(
 ) -> None:
     """Recent actions and the object's History (the admin's LogEntry), and the audit trail.
 
-    ``message`` is a msgid (``gettext_noop``) with its ``params``: the audit trail keeps them untranslated and shows
-    them in the reader's language.
+    ``message`` is a msgid (``gettext_noop``) with its ``params``: both keep them untranslated and show them in the
+    reader's language (``audit.history_text``, ``audit.message_of``).
     """
-    text = _(message) % params if params else _(message)
+    stored = audit.history_message(message, params)
     if created:
-        model_admin.log_addition(request, obj, text)
+        model_admin.log_addition(request, obj, stored)
     else:
-        model_admin.log_change(request, obj, text)
+        model_admin.log_change(request, obj, stored)
     audit.record(obj, message=message, params=params, changes=changes, created=created)
 
 

@@ -115,8 +115,9 @@ def _scrub(value: Any, patterns: list[re.Pattern[str]]) -> Any:
         return value
     if isinstance(value, list):
         return [_scrub(v, patterns) for v in value]
-    if isinstance(value, dict):
-        return {k: _scrub(v, patterns) for k, v in value.items()}
+    if isinstance(value, dict):  # a portal message's msgid holds no personal data and must stay a msgid
+        keep = "message" if isinstance(value.get("params"), dict) else None
+        return {k: v if k == keep else _scrub(v, patterns) for k, v in value.items()}
     return value
 
 

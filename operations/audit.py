@@ -118,6 +118,33 @@ def english(entry: LogEntry | Mapping[str, Any] | None) -> str:
         return message_of(entry)
 
 
+# --- The admin's History ------------------------------------------------------------------------------------------
+
+HISTORY_KEY = "fabomatic"
+
+
+def history_message(message: str | Promise, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """A change message for the admin's History (``log_change``) that stays language-neutral: Django's JSON list of
+    changes, with one item of ours holding the msgid and its parameters, shown by :func:`history_text`."""
+    return [{HISTORY_KEY: stored_message(message, params)}]
+
+
+def history_text(entry: Any) -> str:
+    """What the admin's History shows for ``entry`` (a ``django.contrib.admin`` LogEntry): our messages in the
+    reader's language, Django's own (form changes, old plain sentences) as Django renders them."""
+    raw = entry.change_message or ""
+    if raw.startswith("["):
+        try:
+            items = json.loads(raw)
+        except ValueError:
+            items = None
+        if isinstance(items, list):
+            ours = [item[HISTORY_KEY] for item in items if isinstance(item, dict) and HISTORY_KEY in item]
+            if ours:
+                return " ".join(message_of(data) for data in ours if isinstance(data, Mapping))
+    return str(entry.get_change_message())
+
+
 def record(
     instance: Model | type[Model],
     *,

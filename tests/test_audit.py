@@ -9,6 +9,8 @@ from datetime import timedelta
 
 from auditlog.context import set_actor
 from auditlog.models import LogEntry
+from django.contrib.admin.models import CHANGE
+from django.contrib.admin.models import LogEntry as AdminLogEntry
 from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
@@ -243,9 +245,20 @@ def test_erasure_redacts_names_in_message_parameters_and_keeps_the_msgid(lab: La
     )
     entry = audit.record(lab.laser, message=STOP, params={"member": zoe})
     assert entry is not None
+    history = AdminLogEntry.objects.log_actions(  # the machine's admin History, as machines/confirm.py writes it
+        lab.admin.pk,
+        [lab.laser],
+        CHANGE,
+        change_message=audit.history_message(STOP, {"member": zoe}),
+        single_object=True,
+    )
     erase_member(zoe)
     entry.refresh_from_db()
     assert entry.additional_data == {"message": STOP, "params": {"member": f"erased member #{zoe.pk}"}}
+    history.refresh_from_db()
+    assert "Zoe" not in history.change_message
+    with translation.override("en"):
+        assert audit.history_text(history) == "Remote stop: logged out Erased."
     with translation.override("it"):
         assert audit.message_of(entry) == f"Arresto remoto: disconnesso erased member #{zoe.pk}."
 

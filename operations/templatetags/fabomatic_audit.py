@@ -1,4 +1,4 @@
-"""The audit trail's messages in templates, in the reader's language (see ``operations.audit.message_of``)."""
+"""The audit trail's and the admin History's messages in templates, in the reader's language (``operations.audit``)."""
 
 from __future__ import annotations
 
@@ -14,3 +14,8 @@ register = template.Library()
 @register.filter
 def audit_message(entry: Any) -> str:
     return audit.message_of(entry)
+
+
+@register.filter
+def history_message(action: Any) -> str:
+    return audit.history_text(action)
