@@ -343,5 +343,5 @@ def on_login_failed(sender: object, credentials: dict[str, Any], request: HttpRe
     if member is not None:
         record(member, message=gettext_noop("Failed login"), access=True, request=request)
     else:
-        title = f"Failed login as {username!r}"
-        record(Member, message=gettext_noop("Failed login"), access=True, request=request, title=title)
+        failed = gettext_noop("Failed login as “%(username)s”")  # titled by it, in the reader's language
+        record(Member, message=failed, params={"username": username}, access=True, request=request)

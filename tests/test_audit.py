@@ -60,8 +60,8 @@ def test_logins_and_failed_logins_are_recorded(client: Client, lab: Lab, fast_pa
     client.post("/admin/login/", {"username": "nobody@lab.test", "password": "wrong"})
     client.post("/admin/login/?next=/admin/", {"username": staff.email, "password": "correct-horse-battery-9"})
     messages = [message(e) for e in LogEntry.objects.filter(action=LogEntry.Action.ACCESS).order_by("timestamp")]
-    assert messages == ["Failed login", "Failed login", "Logged in"]
-    assert LogEntry.objects.filter(object_repr="Failed login as 'nobody@lab.test'").exists()
+    assert messages == ["Failed login", "Failed login as “nobody@lab.test”", "Logged in"]
+    assert LogEntry.objects.filter(object_repr="Failed login as “nobody@lab.test”").exists()
 
 
 def test_exports_of_personal_data_are_recorded(admin_client: Client, lab: Lab) -> None:
