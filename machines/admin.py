@@ -583,7 +583,7 @@ class UseAdmin(LiveUpdatesMixin, HistoryAdmin):
         accepted = 0
         for use in queryset.exclude(flag=Use.Flag.NONE).filter(ended_at__isnull=False):
             services.accept_flagged(use, reported=reported)
-            self.log_change(request, use, _("Accepted a flagged duration"))
+            self.log_change(request, use, audit.history_message(gettext_noop("Accepted a flagged duration")))
             self.push_live([use.machine_id])
             accepted += 1
         if accepted:

@@ -280,3 +280,26 @@ def test_erasure_finds_a_card_deleted_earlier_and_a_name_with_accents(lab: Lab) 
     ).lower()
     assert "c0ffee99" not in text and "ñandú" not in text and "zoë" not in text
     assert text.count(f"logged out erased member #{zoe.pk}") == 2
+
+
+def test_a_history_message_is_shown_in_the_readers_language(admin_client: Client, lab: Lab) -> None:
+    """Django's History page of an object: the portal's own messages are stored untranslated too."""
+    from machines.models import Use
+
+    start = timezone.now() - timedelta(hours=30)
+    use = Use.objects.create(
+        member=lab.normal,
+        machine=lab.laser,
+        started_at=start,
+        ended_at=start + timedelta(hours=26),
+        last_seen=start,
+        flag=Use.Flag.BEYOND_LOGOFF,
+    )
+    changelist = reverse("admin:machines_use_changelist")
+    _italian(admin_client).post(changelist, {"action": "accept_observed", "_selected_action": [use.pk]})
+    history = reverse("admin:machines_use_history", args=[use.pk])
+    admin_client.cookies["django_language"] = "en"
+    assert "Accepted a flagged duration" in admin_client.get(history).content.decode()
+    with translation.override("it"):
+        italian = translation.gettext("Accepted a flagged duration")
+    assert italian != "Accepted a flagged duration" and italian in _italian(admin_client).get(history).content.decode()
