@@ -263,7 +263,7 @@ class MachineAdmin(
 
     def get_readonly_fields(self, request: HttpRequest, obj: Machine | None = None) -> list[str]:
         # The id is what the board is configured with: set once.
-        return ["id"] if obj is not None else []
+        return [*super().get_readonly_fields(request, obj), *(["id"] if obj is not None else [])]
 
     @admin.display(description=gettext_lazy("hour meter"), ordering="hours")
     def hour_meter(self, machine: Machine) -> str:

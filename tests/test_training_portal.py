@@ -100,6 +100,23 @@ def test_a_trainer_grants_on_the_member_page_only_the_machines_they_train(
     granted = Authorization.objects.get(member=lab.unauthorized)
     assert granted.machine == lab.laser and granted.trained_by == tina and granted.expires_at is None
 
+    # Removing a row of a machine she does not train is refused too.
+    theirs = Authorization.objects.create(member=lab.unauthorized, machine=cnc)
+    rows = Authorization.objects.filter(member=lab.unauthorized).order_by("pk")
+    data = member_form(lab.unauthorized, [])
+    data.update({"authorizations-TOTAL_FORMS": 2, "authorizations-INITIAL_FORMS": 2})
+    for i, row in enumerate(rows):
+        data.update({f"authorizations-{i}-id": row.pk, f"authorizations-{i}-member": lab.unauthorized.pk})
+    data["authorizations-1-DELETE"] = "on"
+    refused = trainer.post(url, data)
+    assert refused.status_code == 200 and "its authorizations stay" in refused.content.decode()
+    assert Authorization.objects.filter(pk=theirs.pk).exists()
+    del data["authorizations-1-DELETE"]
+    data["authorizations-0-DELETE"] = "on"
+    response = trainer.post(url, data)
+    assert response.status_code == 302, response.context["errors"]
+    assert not Authorization.objects.filter(pk=granted.pk).exists()  # hers to remove
+
 
 def test_a_rule_chosen_when_granting_overrides_the_types(trainer: Client, lab: Lab, tina: Member) -> None:
     lab.laser.type.training_expiry, lab.laser.type.training_days = "after_days", 365
@@ -187,6 +204,11 @@ def test_only_portal_administrators_name_trainers(trainer: Client, lab: Lab, tin
     data = {"name": "Mills", "logoff_minutes": 1440, "grace_minutes": 2, "training_expiry": "never"}
     trainer.post(url, {**data, "trainers": [tina.pk]})
     assert not cnc.type.trainers.exists()
+    machine = {"name": "CNC", "type": cnc.type_id, "hours": "0", "trainers": [tina.pk], "_save": "Save"}
+    for inline in ("plans", "authorizations", "board"):
+        machine.update({f"{inline}-TOTAL_FORMS": 0, f"{inline}-INITIAL_FORMS": 0})
+    assert trainer.post(reverse("admin:machines_machine_change", args=[cnc.pk]), machine).status_code == 302
+    assert not cnc.trainers.exists() and not safety.may_train(tina, cnc)
 
 
 def _expiring(lab: Lab, cnc: Machine) -> tuple[Authorization, Authorization, Authorization]:
