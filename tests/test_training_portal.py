@@ -5,7 +5,7 @@ sign-off at the machine is armed only by trainers and shows who was trained."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 from auditlog.models import LogEntry as AuditEntry
@@ -303,3 +303,18 @@ def test_the_sign_off_page_is_in_the_navigation_of_trainers_only(trainer: Client
     other.force_login(lab.staff)
     assert reverse("machines_sign_off") not in other.get(reverse("admin:index")).content.decode()
     assert other.post(reverse("machines_sign_off_arm", args=[lab.laser.pk])).status_code == 403
+
+
+@pytest.mark.parametrize("hour", [1, 9, 23])
+def test_renewing_a_date_rule_keeps_as_many_days_whatever_the_hour(lab: Lab, hour: int) -> None:
+    """Trained on 10 January until 31 March (80 days on): renewed on 30 November, valid until 18 February."""
+    zone = timezone.get_current_timezone()
+    trained = timezone.make_aware(datetime(2026, 1, 10, 10, 0), zone)
+    authorization = safety.grant(
+        lab.unauthorized, lab.laser, by=None, now=trained, expiry="on_date", on_date=date(2026, 3, 31)
+    )
+    renewed_at = timezone.make_aware(datetime(2026, 11, 30, hour, 30), zone)
+    safety.renew(Authorization.objects.filter(pk=authorization.pk), by=lab.staff, now=renewed_at)
+    authorization.refresh_from_db()
+    assert authorization.expiry == "on_date" and authorization.granted_at == renewed_at
+    assert authorization.expires_at == safety.end_of_day(date(2027, 2, 18))
