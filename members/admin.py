@@ -20,7 +20,7 @@ from django.utils.translation import gettext_lazy, ngettext
 
 from fabomatic.admin import AddAnotherMixin, ExcelExportMixin, InUseDeleteMixin, badge, format_seconds
 from fabomatic.http import acting_member
-from machines import charts, safety, training
+from machines import charts, safety
 from machines.models import Use
 from machines.training_admin import MemberTrainingInline
 from operations import audit
@@ -396,7 +396,9 @@ class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
             machines = list(form.cleaned_data["machines"])
             names = ", ".join(m.name for m in machines)
             if form.cleaned_data["operation"] == BulkAuthorizationForm.GRANT:
-                created = training.grant_many(members=members, machines=machines, by=staff, rule=form.training_rule())
+                created = services.grant_authorizations(
+                    members=members, machines=machines, by=staff, rule=form.training_rule()
+                )
                 audit.record_many(members, message=f"Granted machines: {names}", changes={"machines": ["", names]})
                 text = _("Access to %(machines)d machine(s) granted to %(members)d member(s).") % {
                     "machines": len(machines),
