@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -223,7 +223,8 @@ class AuthorizationAdmin(AuditedAdmin, admin.ModelAdmin):
     autocomplete_fields = ["member"]
     form = AuthorizationGrantForm
     actions = ["renew_selected", "delete_selected"]
-    ordering = ["expires_at", "member__first_name"]
+    # The soonest to lapse first, those that never do last (Django takes expressions; the stubs say strings).
+    ordering = [F("expires_at").asc(nulls_last=True), "member__first_name"]  # type: ignore[list-item]
 
     @admin.display(description=gettext_lazy("expires"), ordering="expires_at")
     def expires(self, authorization: Authorization) -> str:
