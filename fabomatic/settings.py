@@ -48,6 +48,7 @@ env = environ.FileAwareEnv(
     ORPHAN_SECONDS=(int, 3600),
     RETENTION_DAYS=(int, 365),
     UNKNOWN_CARD_RETENTION_DAYS=(int, 30),
+    TRAINING_REMINDER_DAYS=(int, 14),
     LOG_LEVEL=(str, "INFO"),
     SECURE_SSL=(bool, True),
     CSRF_TRUSTED_ORIGINS=(list, []),
@@ -286,6 +287,8 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
 )
 
 # --- Mail -----------------------------------------------------------------------------------
+# manage.py send_training_reminders (daily): members are told this many days before a training of theirs lapses.
+TRAINING_REMINDER_DAYS = env("TRAINING_REMINDER_DAYS")
 if env("EMAIL_URL"):
     vars().update(env.email_url("EMAIL_URL"))
 elif DEBUG:

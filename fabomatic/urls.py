@@ -30,5 +30,7 @@ urlpatterns = [
         admin.site.admin_view(member_report_view),
         name="fabomatic_member_report",
     ),
+    # Sign-off at the machine (a trainer's phone): machines/training_views.py, trainers only.
+    path("admin/sign-off/", include("machines.training_urls")),
     path("admin/", admin.site.urls),
 ]

@@ -51,7 +51,7 @@ def member_report(member: Member) -> MemberReport:
     return MemberReport(
         member=member,
         cards=list(member.cards.order_by("-created_at")),
-        authorizations=list(member.authorizations.select_related("machine").order_by("machine__name")),
+        authorizations=list(member.authorizations.select_related("machine", "trained_by").order_by("machine__name")),
         use_count=totals["n"],
         total_seconds=totals["seconds"] or 0,
         first_use=totals["first"],
