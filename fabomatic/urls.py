@@ -4,6 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from machines.kiosk_views import kiosk_page
 from members.password_reset import RateLimitedPasswordResetView
 from members.views import member_report_view
 
@@ -31,4 +32,6 @@ urlpatterns = [
         name="fabomatic_member_report",
     ),
     path("admin/", admin.site.urls),
+    # The lab's kiosk screens: no login, a secret address (machines/kiosk.py).
+    path("kiosk/<str:secret>/", kiosk_page, name="kiosk"),
 ]
