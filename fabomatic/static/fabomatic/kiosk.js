@@ -26,9 +26,9 @@
   var lang = document.documentElement.lang || "en";
   var clockFormat = null;
   try {
-    clockFormat = new Intl.DateTimeFormat(lang, { hour: "2-digit", minute: "2-digit", timeZone: root.dataset.timeZone });
+    clockFormat = new Intl.DateTimeFormat(lang, { hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZone: root.dataset.timeZone });
   } catch (e) {
-    clockFormat = window.Intl ? new Intl.DateTimeFormat(lang, { hour: "2-digit", minute: "2-digit" }) : null;
+    clockFormat = window.Intl ? new Intl.DateTimeFormat(lang, { hour: "2-digit", minute: "2-digit", hourCycle: "h23" }) : null;
   }
 
   var skew = Date.parse(root.dataset.now) - Date.now();
