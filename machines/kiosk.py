@@ -18,7 +18,7 @@ import re
 import secrets
 from collections.abc import Collection
 from datetime import datetime, timedelta
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, cast
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -43,7 +43,8 @@ SEEN_EVERY = timedelta(seconds=60)  # last_seen_at is written at most this often
 RECHECK_SECONDS = 30  # an open screen checks its secret (and refreshes its tiles) this often
 
 KioskState = Literal["out_of_order", "to_check", "in_use", "blocked", "maintenance", "offline", "free"]
-KIOSK_STATES: tuple[KioskState, ...] = ("out_of_order", "to_check", *STATES)
+# Once each, should the dashboard's tiles learn states of their own for the locks.
+KIOSK_STATES: tuple[KioskState, ...] = tuple(dict.fromkeys(("out_of_order", "to_check", *STATES)))
 # Faults and locks first, then blocked, then maintenance due, then the rest (by name).
 RANK: dict[str, int] = {"out_of_order": 0, "to_check": 1, "blocked": 2, "maintenance": 3}
 REST = 4
@@ -176,8 +177,8 @@ def kiosk_tile(tile: Tile, lock: KioskState | None, *, show_names: bool | None =
     state: KioskState
     if lock is not None:
         state = lock
-    elif tile["state"] in STATES:
-        state = tile["state"]
+    elif tile["state"] in KIOSK_STATES:
+        state = cast(KioskState, tile["state"])
     else:  # a state the dashboard may add one day: what the fields say
         state = "in_use" if tile["since"] else "free"
     return KioskTile(
