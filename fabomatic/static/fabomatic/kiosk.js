@@ -118,7 +118,7 @@
   }
 
   // Revoked or replaced: nothing stays on screen but the message.
-  function close() {
+  function blank() {
     gone = true;
     tiles = {};
     container.textContent = "";
@@ -174,7 +174,7 @@
     socket.onmessage = onMessage;
     socket.onclose = function (event) {
       socket = null;
-      if (event.code === CLOSE_GONE) { close(); return; }
+      if (event.code === CLOSE_GONE) { blank(); return; }
       setLive("down");
       scheduleReconnect();
     };
