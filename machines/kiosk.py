@@ -82,20 +82,22 @@ def create_screen(name: str, *, by: Member | None) -> tuple[KioskScreen, str]:
 
 def replace_secret(screen: KioskScreen) -> str:
     """A new address for the screen; the old one stops working at once. Not for a revoked screen."""
-    if screen.revoked_at is not None:
+    secret, token_hash = new_secret()
+    # Conditional: a revocation by someone else meanwhile wins.
+    if not KioskScreen.objects.filter(pk=screen.pk, revoked_at__isnull=True).update(token_hash=token_hash):
         raise ValueError("a revoked kiosk screen stays revoked")
-    secret, screen.token_hash = new_secret()
-    screen.save(update_fields=["token_hash"])
+    screen.token_hash = token_hash
     close_open_screens(screen.pk)
     return secret
 
 
 def revoke(screen: KioskScreen, now: datetime | None = None) -> bool:
     """The screen's address stops working, for good. Returns whether it was active."""
-    if screen.revoked_at is not None:
+    now = now or timezone.now()
+    if not KioskScreen.objects.filter(pk=screen.pk, revoked_at__isnull=True).update(revoked_at=now):
+        screen.refresh_from_db(fields=["revoked_at"])
         return False
-    screen.revoked_at = now or timezone.now()
-    screen.save(update_fields=["revoked_at"])
+    screen.revoked_at = now
     close_open_screens(screen.pk)
     return True
 

@@ -165,8 +165,8 @@ class KioskScreenAdmin(AuditedAdmin, admin.ModelAdmin):
                 cancel_url=back,
                 danger=True,
             )
-        kiosk.revoke(screen)
-        self._log(request, screen, _("Kiosk screen revoked."), {"revoked_at": [None, str(screen.revoked_at)]})
+        if kiosk.revoke(screen):
+            self._log(request, screen, _("Kiosk screen revoked."), {"revoked_at": [None, str(screen.revoked_at)]})
         self.message_user(request, _("The kiosk screen “%(name)s” is revoked.") % {"name": screen.name})
         return HttpResponseRedirect(back)
 
@@ -185,6 +185,10 @@ class KioskScreenAdmin(AuditedAdmin, admin.ModelAdmin):
                 cancel_url=back,
                 danger=True,
             )
-        secret = kiosk.replace_secret(screen)
+        try:
+            secret = kiosk.replace_secret(screen)
+        except ValueError:  # revoked meanwhile
+            self.message_user(request, _("This kiosk screen is revoked: it stays so."), messages.WARNING)
+            return HttpResponseRedirect(back)
         self._log(request, screen, _("Kiosk screen address replaced: the old one no longer works."), {})
         return self.address_page(request, screen, secret, created=False)

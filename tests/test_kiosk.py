@@ -78,14 +78,17 @@ def test_a_wrong_malformed_replaced_or_revoked_address_is_a_plain_404(client: Cl
     new = kiosk.replace_secret(screen)
     replaced = client.get(page_of(secret))
     assert client.get(page_of(new)).status_code == 200
-    kiosk.revoke(screen)
+    stale = KioskScreen.objects.get(pk=screen.pk)  # another administrator's page, loaded before the revocation
+    assert kiosk.revoke(screen) is True
+    assert kiosk.revoke(stale) is False and stale.revoked_at == screen.revoked_at
     revoked = client.get(page_of(new))
     for response in (wrong, malformed, replaced, revoked):
         assert response.status_code == 404
         assert response.content == nowhere.content  # nothing says a screen was ever there
         assert not response.cookies
     with pytest.raises(ValueError):
-        kiosk.replace_secret(screen)  # revoked stays revoked
+        kiosk.replace_secret(KioskScreen.objects.get(pk=screen.pk))  # revoked stays revoked
+    assert client.get(page_of(new)).status_code == 404
 
 
 def test_the_page_sets_no_session_and_keeps_its_address_to_itself(client: Client, screen: tuple) -> None:
@@ -229,7 +232,7 @@ def test_the_address_is_on_public_url_when_it_is_set(boss_client: Client, settin
     assert 'id="kiosk-url">http://lab.example.org/kiosk/' in html
 
 
-def test_revoking_is_confirmed_recorded_and_final(boss_client: Client, screen: tuple) -> None:
+def test_revoking_is_confirmed_recorded_and_final(boss_client: Client, boss: Member, screen: tuple) -> None:
     from auditlog.models import LogEntry
 
     kiosk_screen, secret = screen
@@ -243,9 +246,10 @@ def test_revoking_is_confirmed_recorded_and_final(boss_client: Client, screen: t
     kiosk_screen.refresh_from_db()
     assert kiosk_screen.revoked_at is not None
     assert Client().get(page_of(secret)).status_code == 404
-    assert (
-        LogEntry.objects.get_for_object(kiosk_screen).filter(additional_data__message="Kiosk screen revoked.").exists()
-    )
+    revocations = LogEntry.objects.get_for_object(kiosk_screen).filter(changes__has_key="revoked_at")
+    assert revocations.count() == 1  # recorded once, with who did it
+    assert revocations.get().additional_data == {"message": "Kiosk screen revoked."}
+    assert revocations.get().actor == boss
     listing = boss_client.get(LIST).content.decode()
     assert "Revoked on" in listing
     # Irreversible: no new address for a revoked screen.
