@@ -223,3 +223,22 @@ def test_staff_create_a_screen_on_a_phone_and_its_address_works(world: World, la
     page = _open(world, secret, size="phone")
     expect(page.locator(".k-tile")).to_have_count(8)
     page.context.close()
+
+
+def test_a_big_lab_fits_the_tv_without_scrolling(world: World) -> None:
+    """A kiosk cannot scroll: 40 machines shrink onto one 1920×1080 screen, still in the order, still read whole."""
+    plain = MachineType.objects.get(name="Plain")
+    extra = [Machine.objects.create(id=100 + i, name=f"PRINTER {i:02d}", type=plain) for i in range(32)]
+    try:
+        _, secret = kiosk.create_screen("Big TV", by=None)
+        page = _open(world, secret, size="tv")
+        expect(page.locator(".k-tile")).to_have_count(40)
+        page.wait_for_function("document.documentElement.scrollHeight <= window.innerHeight")
+        assert page.locator(".k-tile .k-name").first.inner_text() == "BAND SAW"
+        for tile in page.locator(".k-tile").all():
+            assert tile.evaluate("e => e.scrollWidth <= e.clientWidth"), tile.inner_text()
+        screenshot(page, "kiosk-tv-40-machines")
+        page.context.close()
+    finally:
+        for machine in extra:
+            machine.delete()

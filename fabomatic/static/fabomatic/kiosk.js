@@ -5,7 +5,8 @@
  *  - it reconnects with exponential backoff and jitter and catches up from the snapshot sent on every connect,
  *    and stops for good when the server closes with 4404 (the screen's address was revoked or replaced);
  *  - a one-second timer ticks the clock, the times in use, and turns a silent machine OFFLINE by itself;
- *  - tiles stay in the server's order: out of order, to check, blocked, maintenance due, then the rest by name.
+ *  - tiles stay in the server's order: out of order, to check, blocked, maintenance due, then the rest by name;
+ *  - on a TV the board shrinks until every machine fits the screen (a kiosk cannot scroll).
  */
 (function () {
   "use strict";
@@ -106,7 +107,23 @@
       if (forms) setText(counter.querySelector(".k-counter-label"), forms[counts[s] === 1 ? 0 : 1]);
     });
     if (clock) setText(clock, hhmm(now));
+    if (drawn.length !== fitted) fit();
   }
+
+  // A screen cannot scroll: on a landscape screen the board shrinks until every machine fits (down to 55%). A phone
+  // scrolls as any page does.
+  var fitted = -1;
+  function fit() {
+    fitted = Object.keys(tiles).length;
+    var zoom = 1;
+    root.style.zoom = "";
+    if (window.innerWidth < 1000 || window.innerWidth <= window.innerHeight) return;
+    while (document.documentElement.scrollHeight > window.innerHeight && zoom > 0.56) {
+      zoom -= 0.05;
+      root.style.zoom = String(zoom);
+    }
+  }
+  window.addEventListener("resize", fit);
 
   var socket = null, attempt = 0, retryTimer = null, gone = false;
 
