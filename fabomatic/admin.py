@@ -24,6 +24,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import gettext_noop
 from import_export.admin import ExportActionMixin
 from import_export.formats.base_formats import XLSX
 
@@ -69,8 +70,14 @@ class ExcelExportMixin(ExportActionMixin):
         data.headers = [capfirst(str(header)) for header in data.headers]
         data.title = self._list_name()[:31]  # Excel's limit for a sheet name
         model = queryset.model
-        message = f"Exported {len(data)} {model._meta.verbose_name_plural} to Excel"
-        audit.record(model, message=message, access=True, request=request, title=message)
+        params = {"count": len(data), "items": model._meta.verbose_name_plural}  # a lazy name: translated when shown
+        audit.record(
+            model,
+            message=gettext_noop("Exported %(count)d %(items)s to Excel"),
+            params=params,
+            access=True,
+            request=request,
+        )
         return data
 
     def _list_name(self) -> str:

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, ngettext
+from django.utils.translation import gettext_lazy, gettext_noop, ngettext
 
 from fabomatic.admin import (
     AddAnotherMixin,
@@ -36,6 +36,7 @@ from fabomatic.admin import (
     short_datetime,
 )
 from fabomatic.http import AuthenticatedHttpRequest, acting_member
+from members.filters import RoleFilter
 from operations import audit
 from operations.audited import AuditedAdmin
 from telemetry.credentials import issue_board_credentials
@@ -307,7 +308,7 @@ class MachineAdmin(AuditedAdmin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportM
     def block(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
         machines = list(queryset.filter(blocked=False))
         n = queryset.update(blocked=True)
-        audit.record_many(machines, message="Blocked", changes={"blocked": ["False", "True"]})
+        audit.record_many(machines, message=gettext_noop("Blocked"), changes={"blocked": ["False", "True"]})
         self.push_live(m.pk for m in machines)
         self.message_user(request, ngettext("%(n)d machine blocked.", "%(n)d machines blocked.", n) % {"n": n})
 
@@ -315,7 +316,7 @@ class MachineAdmin(AuditedAdmin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportM
     def unblock(self, request: HttpRequest, queryset: QuerySet[Machine]) -> None:
         machines = list(queryset.filter(blocked=True))
         n = queryset.update(blocked=False)
-        audit.record_many(machines, message="Unblocked", changes={"blocked": ["True", "False"]})
+        audit.record_many(machines, message=gettext_noop("Unblocked"), changes={"blocked": ["True", "False"]})
         self.push_live(m.pk for m in machines)
         self.message_user(request, ngettext("%(n)d machine unblocked.", "%(n)d machines unblocked.", n) % {"n": n})
 
@@ -463,7 +464,7 @@ class MaintenancePlanAdmin(AuditedAdmin, LiveUpdatesMixin, admin.ModelAdmin):
 @admin.register(Authorization)
 class AuthorizationAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["member", "machine", "granted_at"]
-    list_filter = [MachineFilter, "member__role"]
+    list_filter = [MachineFilter, ("member__role", RoleFilter)]
     list_select_related = ["member", "machine"]
     search_fields = ["member__first_name", "member__last_name", "member__email", "machine__name"]
     autocomplete_fields = ["member", "machine"]
@@ -582,7 +583,7 @@ class UseAdmin(LiveUpdatesMixin, HistoryAdmin):
         accepted = 0
         for use in queryset.exclude(flag=Use.Flag.NONE).filter(ended_at__isnull=False):
             services.accept_flagged(use, reported=reported)
-            self.log_change(request, use, _("Accepted a flagged duration"))
+            self.log_change(request, use, audit.history_message(gettext_noop("Accepted a flagged duration")))
             self.push_live([use.machine_id])
             accepted += 1
         if accepted:

@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_noop, ngettext
 
 from fabomatic.admin import format_hours, short_datetime
 from fabomatic.http import acting_member
@@ -69,16 +69,22 @@ def _log(
     request: HttpRequest,
     obj: Any,
     message: str,
+    params: dict[str, Any] | None = None,
     *,
     created: bool = False,
     changes: dict[str, list[Any]] | None = None,
 ) -> None:
-    """Recent actions and the object's History (the admin's LogEntry), and the audit trail."""
+    """Recent actions and the object's History (the admin's LogEntry), and the audit trail.
+
+    ``message`` is a msgid (``gettext_noop``) with its ``params``: both keep them untranslated and show them in the
+    reader's language (``audit.history_text``, ``audit.message_of``).
+    """
+    stored = audit.history_message(message, params)
     if created:
-        model_admin.log_addition(request, obj, message)
+        model_admin.log_addition(request, obj, stored)
     else:
-        model_admin.log_change(request, obj, message)
-    audit.record(obj, message=message, changes=changes, created=created)
+        model_admin.log_change(request, obj, stored)
+    audit.record(obj, message=message, params=params, changes=changes, created=created)
 
 
 def _machine_url(machine: Machine) -> str:
@@ -121,13 +127,19 @@ def end_uses(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: Quer
             continue
         if closed_here:
             changes = {"ended_at": [None, str(use.ended_at)], "duration": [None, str(use.duration)]}
-            _log(model_admin, request, use, _("Ended from the portal (board offline): closed now."), changes=changes)
+            _log(
+                model_admin,
+                request,
+                use,
+                gettext_noop("Ended from the portal (board offline): closed now."),
+                changes=changes,
+            )
             events.push_on_commit([use.machine_id])
             ended += 1
         else:
-            text = _("Remote stop sent to end this use of %(member)s.") % {"member": use.member}
-            _log(model_admin, request, use, text)
-            _log(model_admin, request, use.machine, text)
+            text = gettext_noop("Remote stop sent to end this use of %(member)s.")
+            _log(model_admin, request, use, text, {"member": use.member})
+            _log(model_admin, request, use.machine, text, {"member": use.member})
             stopping += 1
     if ended:
         model_admin.message_user(
@@ -193,11 +205,21 @@ def remote_command(
         model_admin.message_user(request, str(exc), messages.ERROR)
         return HttpResponseRedirect(_machine_url(machine))
     if action == "start":
-        _log(model_admin, request, machine, _("Remote start with the card of %(member)s.") % {"member": staff})
+        _log(
+            model_admin, request, machine, gettext_noop("Remote start with the card of %(member)s."), {"member": staff}
+        )
         text = _("Start sent to %(machine)s: the board logs you in as if you swiped your card.")
     else:
-        who = str(current.member) if current is not None else _("nobody on record")
-        _log(model_admin, request, machine, _("Remote stop: logged out %(member)s.") % {"member": who})
+        if current is not None:
+            _log(
+                model_admin,
+                request,
+                machine,
+                gettext_noop("Remote stop: logged out %(member)s."),
+                {"member": current.member},
+            )
+        else:
+            _log(model_admin, request, machine, gettext_noop("Remote stop: nobody was on record on it."))
         text = _("Stop sent to %(machine)s: the board logs its user out.")
     model_admin.message_user(request, text % {"machine": machine}, messages.SUCCESS)
     return HttpResponseRedirect(_machine_url(machine))
@@ -239,12 +261,15 @@ def record_maintenance(
         recorded = services.record_interventions(machine=items[0].machine, member=staff, plans=items, note=note)
         events.push_on_commit([machine_id])
         for intervention in recorded:
-            message = _("Intervention recorded: “%(plan)s”.") % {"plan": intervention.plan.description}
-            if note:
-                message += " " + _("Note: %(note)s") % {"note": note}
+            message = (
+                gettext_noop("Intervention recorded: “%(plan)s”. Note: %(note)s")
+                if note
+                else gettext_noop("Intervention recorded: “%(plan)s”.")
+            )
+            params = {"plan": intervention.plan.description, "note": note}
             if intervention.pk is not None:  # bulk_create returns the keys on SQLite and PostgreSQL
-                _log(model_admin, request, intervention, message, created=True, changes={"note": [None, note]})
-            _log(model_admin, request, intervention.machine, message)
+                _log(model_admin, request, intervention, message, params, created=True, changes={"note": [None, note]})
+            _log(model_admin, request, intervention.machine, message, params)
         done += len(recorded)
     model_admin.message_user(
         request,

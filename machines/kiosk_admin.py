@@ -17,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, gettext_noop
 
 from fabomatic.admin import short_datetime
 from fabomatic.http import AuthenticatedHttpRequest, acting_member
@@ -147,7 +147,8 @@ class KioskScreenAdmin(AuditedAdmin, admin.ModelAdmin):
         return self.replace(request, screen, back)
 
     def _log(self, request: HttpRequest, screen: KioskScreen, message: str, changes: dict[str, list[Any]]) -> None:
-        self.log_change(request, screen, message)
+        """History and audit trail; ``message`` a msgid (``gettext_noop``), shown in the reader's language."""
+        self.log_change(request, screen, audit.history_message(message))
         audit.record(screen, message=message, changes=changes)
 
     def revoke(self, request: HttpRequest, screen: KioskScreen, back: str) -> HttpResponse:
@@ -166,7 +167,8 @@ class KioskScreenAdmin(AuditedAdmin, admin.ModelAdmin):
                 danger=True,
             )
         if kiosk.revoke(screen):
-            self._log(request, screen, _("Kiosk screen revoked."), {"revoked_at": [None, str(screen.revoked_at)]})
+            changes = {"revoked_at": [None, str(screen.revoked_at)]}
+            self._log(request, screen, gettext_noop("Kiosk screen revoked."), changes)
         self.message_user(request, _("The kiosk screen “%(name)s” is revoked.") % {"name": screen.name})
         return HttpResponseRedirect(back)
 
@@ -190,5 +192,6 @@ class KioskScreenAdmin(AuditedAdmin, admin.ModelAdmin):
         except ValueError:  # revoked meanwhile
             self.message_user(request, _("This kiosk screen is revoked: it stays so."), messages.WARNING)
             return HttpResponseRedirect(back)
-        self._log(request, screen, _("Kiosk screen address replaced: the old one no longer works."), {})
+        message = gettext_noop("Kiosk screen address replaced: the old one no longer works.")
+        self._log(request, screen, message, {})
         return self.address_page(request, screen, secret, created=False)

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, ngettext
+from django.utils.translation import gettext_lazy, gettext_noop, ngettext
 
 from fabomatic.admin import AddAnotherMixin, ExcelExportMixin, InUseDeleteMixin, badge, format_seconds
 from fabomatic.http import acting_member
@@ -26,6 +26,7 @@ from operations import audit
 from operations.audited import AuditedAdmin
 
 from . import services
+from .filters import RoleFilter
 from .forms import BulkAuthorizationForm, CardForm, MemberAddForm, MemberChangeForm
 from .gdpr import erase_member
 from .models import ANONYMOUS_ROLE, Card, Member, Role, UnknownCard, default_role, normalize_uid
@@ -221,7 +222,7 @@ class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
 
     list_display = ["full_name", "email", "role", "card_list", "status", "is_staff", "last_use"]
     list_display_links = ["full_name"]
-    list_filter = [StatusFilter, "role", HasCardFilter, "is_staff", "receive_weekly_summary"]
+    list_filter = [StatusFilter, ("role", RoleFilter), HasCardFilter, "is_staff", "receive_weekly_summary"]
     list_select_related = ["role"]
     search_fields = ["first_name", "last_name", "email", "cards__uid"]
     search_help_text = gettext_lazy("Name, surname, e-mail or card UID")
@@ -411,7 +412,12 @@ class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
             if form.cleaned_data["operation"] == BulkAuthorizationForm.GRANT:
                 services.grant_authorizations(members=members, machines=machines)
                 names = ", ".join(m.name for m in machines)
-                audit.record_many(members, message=f"Granted machines: {names}", changes={"machines": ["", names]})
+                audit.record_many(
+                    members,
+                    message=gettext_noop("Granted machines: %(machines)s"),
+                    params={"machines": names},
+                    changes={"machines": ["", names]},
+                )
                 text = _("Access to %(machines)d machine(s) granted to %(members)d member(s).") % {
                     "machines": len(machines),
                     "members": len(members),

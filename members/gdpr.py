@@ -34,6 +34,7 @@ from django.db import transaction
 from django.db.models import CharField, Exists, Max, Min, Model, OuterRef, Q, QuerySet
 from django.db.models.functions import Cast
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from machines.models import Authorization, Intervention, Use
 from operations import audit
@@ -114,8 +115,9 @@ def _scrub(value: Any, patterns: list[re.Pattern[str]]) -> Any:
         return value
     if isinstance(value, list):
         return [_scrub(v, patterns) for v in value]
-    if isinstance(value, dict):
-        return {k: _scrub(v, patterns) for k, v in value.items()}
+    if isinstance(value, dict):  # a portal message's msgid holds no personal data and must stay a msgid
+        keep = "message" if isinstance(value.get("params"), dict) else None
+        return {k: v if k == keep else _scrub(v, patterns) for k, v in value.items()}
     return value
 
 
@@ -213,7 +215,7 @@ def erase_member(member: Member, *, now: datetime | None = None) -> None:
             for model in _axes_models():
                 model._default_manager.filter(username__iexact=email).delete()
     # One entry without personal data: the deletions and the blanking above are not recorded field by field.
-    audit.record(member, message="Erased (GDPR right to erasure)", title=audit.erased_label(member))
+    audit.record(member, message=gettext_noop("Erased (GDPR right to erasure)"), title=audit.erased_label(member))
     logger.info("Erased member #%s", member.pk)
 
 

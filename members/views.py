@@ -10,6 +10,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from fabomatic.admin import format_seconds
 from operations import audit
@@ -24,7 +25,7 @@ def member_report_view(request: HttpRequest, member_id: int) -> HttpResponse:
         raise PermissionDenied
     member = get_object_or_404(Member, pk=member_id)
     report = member_report(member)
-    audit.record(member, message="Data report (all personal data) viewed", access=True, request=request)
+    audit.record(member, message=gettext_noop("Data report (all personal data) viewed"), access=True, request=request)
     query = urlencode({"member__id__exact": member.pk})
     context = {
         **admin.site.each_context(request),

@@ -14,6 +14,15 @@ from django.utils.translation import gettext_lazy as _
 from import_export import fields, resources, widgets
 
 from fabomatic.admin import DateRangeFilter, ExcelExportMixin
+from operations import audit
+
+
+def title_of(entry: LogEntry) -> str:
+    """The entry's object; for one about no single object titled by its message (an export, an import), the message
+    in the reader's language."""
+    if not entry.object_pk and entry.object_repr == audit.english(entry):
+        return audit.message_of(entry)
+    return entry.object_repr
 
 
 class AuditResource(resources.ModelResource):
@@ -54,7 +63,10 @@ class AuditResource(resources.ModelResource):
         return str(entry.get_action_display())
 
     def dehydrate_message(self, entry: LogEntry) -> str:
-        return str((entry.additional_data or {}).get("message", ""))
+        return audit.message_of(entry)
+
+    def dehydrate_object_repr(self, entry: LogEntry) -> str:
+        return title_of(entry)
 
     def dehydrate_changes(self, entry: LogEntry) -> str:
         return "; ".join(
@@ -90,4 +102,10 @@ class AuditLogAdmin(ExcelExportMixin, LogEntryAdmin):
 
     @admin.display(description=_("message"))
     def message(self, entry: LogEntry) -> str:
-        return str((entry.additional_data or {}).get("message", ""))
+        return audit.message_of(entry)
+
+    @admin.display(description=_("Resource"))
+    def resource_url(self, entry: LogEntry) -> str:
+        if not entry.object_pk:  # an export, an import: titled by its message, in the reader's language
+            return title_of(entry)
+        return super().resource_url(entry)

@@ -4,18 +4,23 @@ redacted on erasure (django-auditlog, operations/audit.py)."""
 
 from __future__ import annotations
 
+import html
 from datetime import timedelta
 
 from auditlog.context import set_actor
 from auditlog.models import LogEntry
+from django.contrib.admin.models import CHANGE
+from django.contrib.admin.models import LogEntry as AdminLogEntry
 from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.translation import gettext_noop
 
 from machines.models import Machine
 from members.gdpr import erase_member, purge
 from members.models import Card, Member, Role
+from operations import audit
 
 from .conftest import Lab
 from .test_export_xlsx import export
@@ -24,7 +29,8 @@ AUDIT = reverse("admin:auditlog_logentry_changelist")
 
 
 def message(entry: LogEntry) -> str:
-    return str((entry.additional_data or {}).get("message", ""))
+    """The entry's message as written in the code (stored as a msgid and its parameters)."""
+    return audit.english(entry)
 
 
 def test_a_form_change_is_recorded_with_who_and_before_after(admin_client: Client, lab: Lab) -> None:
@@ -54,8 +60,8 @@ def test_logins_and_failed_logins_are_recorded(client: Client, lab: Lab, fast_pa
     client.post("/admin/login/", {"username": "nobody@lab.test", "password": "wrong"})
     client.post("/admin/login/?next=/admin/", {"username": staff.email, "password": "correct-horse-battery-9"})
     messages = [message(e) for e in LogEntry.objects.filter(action=LogEntry.Action.ACCESS).order_by("timestamp")]
-    assert messages == ["Failed login", "Failed login", "Logged in"]
-    assert LogEntry.objects.filter(object_repr="Failed login as 'nobody@lab.test'").exists()
+    assert messages == ["Failed login", "Failed login as “nobody@lab.test”", "Logged in"]
+    assert LogEntry.objects.filter(object_repr="Failed login as “nobody@lab.test”").exists()
 
 
 def test_exports_of_personal_data_are_recorded(admin_client: Client, lab: Lab) -> None:
@@ -93,8 +99,6 @@ def test_only_portal_administrators_see_the_audit_list(client: Client, lab: Lab)
 def test_the_purge_deletes_audit_entries_older_than_the_retention(lab: Lab, settings) -> None:
     settings.AUDIT_RETENTION_DAYS = 30
     Machine.objects.filter(pk=lab.laser.pk).update(name="old")  # no signal: recorded by hand below
-    from operations import audit
-
     old = audit.record(lab.laser, message="old")
     new = audit.record(lab.laser, message="new")
     assert old is not None and new is not None
@@ -171,3 +175,131 @@ def test_the_audit_pages_speak_italian(admin_client: Client, lab: Lab) -> None:
     assert "Registro delle modifiche" in page and "Azione" in page
     for english in (">Audit log<", "Resource Type", "log entries", ">Changes<"):
         assert english not in page, english
+
+
+# --- Messages in the reader's language -----------------------------------------------------------------------------
+
+STOP = gettext_noop("Remote stop: logged out %(member)s.")
+
+
+def _italian(client: Client) -> Client:
+    client.cookies["django_language"] = "it"
+    return client
+
+
+def test_messages_are_stored_as_msgid_and_params_and_shown_in_the_readers_language(
+    admin_client: Client, lab: Lab
+) -> None:
+    with translation.override("en"):  # recorded while the portal speaks English
+        entry = audit.record(lab.laser, message=STOP, params={"member": lab.normal})
+    assert entry is not None
+    assert entry.additional_data == {"message": STOP, "params": {"member": "Nina Test"}}
+    history = reverse("admin:machines_machine_auditlog", args=[lab.laser.pk])
+    for url in (AUDIT, history, reverse("admin:auditlog_logentry_change", args=[entry.pk])):
+        english = html.unescape(admin_client.get(url).content.decode())
+        assert "Remote stop: logged out Nina Test." in english, url
+        italian = html.unescape(_italian(admin_client).get(url).content.decode())
+        assert "Arresto remoto: disconnesso Nina Test." in italian and "Remote stop: logged out" not in italian, url
+        admin_client.cookies["django_language"] = "en"
+    rows = export(_italian(admin_client), "auditlog_logentry", "?q=Nina")
+    assert "Arresto remoto: disconnesso Nina Test." in [row[6] for row in rows[1:]]
+
+
+def test_a_message_recorded_in_italian_is_shown_in_english(admin_client: Client, lab: Lab) -> None:
+    changelist = reverse("admin:machines_machine_changelist")
+    _italian(admin_client).post(changelist, {"action": "block", "_selected_action": [lab.laser.pk]})
+    export(admin_client, "members_member")  # an export: no single object, titled by its message
+    entry = LogEntry.objects.get_for_object(lab.laser).latest()
+    assert entry.additional_data == {"message": "Blocked", "params": {}}
+    exported = LogEntry.objects.get(object_pk="", additional_data__message__startswith="Exported")
+    assert exported.additional_data["params"]["items"] == {"msgid": "members"}  # the list's name, untranslated
+    admin_client.cookies["django_language"] = "en"
+    page = html.unescape(admin_client.get(AUDIT).content.decode())
+    assert ">Blocked<" in page and "Bloccata" not in page
+    n = Member.objects.count()
+    assert f"Exported {n} members to Excel" in page and "Esportazione" not in page
+    history = admin_client.get(reverse("admin:machines_machine_auditlog", args=[lab.laser.pk])).content.decode()
+    assert ">Blocked<" in history
+    italian = html.unescape(_italian(admin_client).get(AUDIT).content.decode())
+    for column in ("resource_url", "message"):  # the title of an entry about no single object is its message
+        assert f'<td class="field-{column}">Esportazione in Excel: {n} soci</td>' in italian
+
+
+def test_old_entries_with_a_plain_message_still_show(admin_client: Client, lab: Lab) -> None:
+    old = audit.record(lab.laser, message="x")
+    assert old is not None
+    LogEntry.objects.filter(pk=old.pk).update(additional_data={"message": "Blocked"})  # before messages had params
+    older = audit.record(lab.printer, message="x")
+    assert older is not None
+    LogEntry.objects.filter(pk=older.pk).update(additional_data={"message": "Granted machines: LASER 1"})
+    page = html.unescape(_italian(admin_client).get(AUDIT).content.decode())
+    assert ">Bloccata<" in page  # a known msgid: translated
+    assert "Granted machines: LASER 1" in page  # a sentence of its own: as it was stored
+    assert audit.message_of({"message": "%(x)s broken", "params": {}}) == "%(x)s broken"
+    assert audit.message_of({"message": "Hi %(x)s", "params": {"y": 1}}) == "Hi %(x)s"  # a missing parameter
+
+
+def test_erasure_redacts_names_in_message_parameters_and_keeps_the_msgid(lab: Lab) -> None:
+    zoe = Member.objects.create_user(
+        email="zoe.p@lab.test", first_name="Zoe", last_name="Stop", role=Role.objects.get(name="USER")
+    )
+    entry = audit.record(lab.laser, message=STOP, params={"member": zoe})
+    assert entry is not None
+    history = AdminLogEntry.objects.log_actions(  # the machine's admin History, as machines/confirm.py writes it
+        lab.admin.pk,
+        [lab.laser],
+        CHANGE,
+        change_message=audit.history_message(STOP, {"member": zoe}),
+        single_object=True,
+    )
+    erase_member(zoe)
+    entry.refresh_from_db()
+    assert entry.additional_data == {"message": STOP, "params": {"member": f"erased member #{zoe.pk}"}}
+    history.refresh_from_db()
+    assert "Zoe" not in history.change_message
+    with translation.override("en"):
+        assert audit.history_text(history) == "Remote stop: logged out Erased."
+    with translation.override("it"):
+        assert audit.message_of(entry) == f"Arresto remoto: disconnesso erased member #{zoe.pk}."
+
+
+def test_erasure_finds_a_card_deleted_earlier_and_a_name_with_accents(lab: Lab) -> None:
+    """The JSON lookups (a deleted card's entries by the member they pointed to) and the text search over JSON
+    columns, where SQLite stores "ë" as "\\u00eb" and PostgreSQL as "ë" (tests/test_postgresql.py runs this there)."""
+    zoe = Member.objects.create_user(
+        email="zoe.n@lab.test", first_name="Zoë", last_name="Ñandú", role=Role.objects.get(name="USER")
+    )
+    lost = Card.objects.create(uid="c0ffee99", member=zoe)
+    lost.delete()  # lost before the erasure: only the trail still links it to her
+    for machine in (lab.laser, lab.printer):  # her name only in a message's parameters, on a machine's entries
+        audit.record(machine, message=STOP, params={"member": f"{zoe.first_name} {zoe.last_name}"})
+    erase_member(zoe)
+    text = " ".join(
+        f"{e.object_repr} {e.changes} {e.changes_text} {audit.english(e)} {e.serialized_data}"
+        for e in LogEntry.objects.all()
+    ).lower()
+    assert "c0ffee99" not in text and "ñandú" not in text and "zoë" not in text
+    assert text.count(f"logged out erased member #{zoe.pk}") == 2
+
+
+def test_a_history_message_is_shown_in_the_readers_language(admin_client: Client, lab: Lab) -> None:
+    """Django's History page of an object: the portal's own messages are stored untranslated too."""
+    from machines.models import Use
+
+    start = timezone.now() - timedelta(hours=30)
+    use = Use.objects.create(
+        member=lab.normal,
+        machine=lab.laser,
+        started_at=start,
+        ended_at=start + timedelta(hours=26),
+        last_seen=start,
+        flag=Use.Flag.BEYOND_LOGOFF,
+    )
+    changelist = reverse("admin:machines_use_changelist")
+    _italian(admin_client).post(changelist, {"action": "accept_observed", "_selected_action": [use.pk]})
+    history = reverse("admin:machines_use_history", args=[use.pk])
+    admin_client.cookies["django_language"] = "en"
+    assert "Accepted a flagged duration" in admin_client.get(history).content.decode()
+    with translation.override("it"):
+        italian = translation.gettext("Accepted a flagged duration")
+    assert italian != "Accepted a flagged duration" and italian in _italian(admin_client).get(history).content.decode()

@@ -248,7 +248,7 @@ def test_revoking_is_confirmed_recorded_and_final(boss_client: Client, boss: Mem
     assert Client().get(page_of(secret)).status_code == 404
     revocations = LogEntry.objects.get_for_object(kiosk_screen).filter(changes__has_key="revoked_at")
     assert revocations.count() == 1  # recorded once, with who did it
-    assert revocations.get().additional_data == {"message": "Kiosk screen revoked."}
+    assert revocations.get().additional_data == {"message": "Kiosk screen revoked.", "params": {}}
     assert revocations.get().actor == boss
     listing = boss_client.get(LIST).content.decode()
     assert "Revoked on" in listing

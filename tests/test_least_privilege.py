@@ -56,3 +56,17 @@ def test_the_board_gets_level_1_for_authorize_all_without_maintenance(lab: Lab, 
     assert (reply["is_valid"], reply["level"]) == (True, 1)
     cards = m1.ask({"action": "synccache", "offset": 0})["cards"]
     assert {"uid": "aabbccee", "level": 1} in cards
+
+
+def test_the_role_filters_mark_the_roles_that_open_every_machine(admin_client: Client, lab: Lab) -> None:
+    """The members list's and the authorizations list's filter by role, as the form's choice says it."""
+    walk_in = Role.objects.create(name="Walk-in", authorize_all=True)
+    for changelist in ("admin:members_member_changelist", "admin:machines_authorization_changelist"):
+        page = admin_client.get(reverse(changelist)).content.decode()
+        sidebar = page[page.index('id="changelist-filter"') :]
+        assert "ADMIN — ⚠ EVERY machine, blocked ones too, maintenance (level 2 on boards)" in sidebar, changelist
+        assert "Walk-in — ⚠ EVERY machine, blocked ones too<" in sidebar, changelist  # level 1: no maintenance
+        assert "USER — authorized machines only<" in sidebar, changelist
+    members = admin_client.get(reverse("admin:members_member_changelist"), {"role__id__exact": walk_in.pk})
+    selected = [part.lstrip().split("</a>")[0] for part in members.content.decode().split('<li class="selected">')[1:]]
+    assert any(link.endswith(">Walk-in — ⚠ EVERY machine, blocked ones too") for link in selected), selected

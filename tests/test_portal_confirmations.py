@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from machines.models import Intervention, Machine, Use
+from operations import audit
 from telemetry import remote
 
 from .boards import SimBoard, time_passes
@@ -109,7 +110,12 @@ def test_remote_stop_says_who_is_logged_out_and_is_recorded(
     assert admin_client.post(url, {"post": "yes"}).status_code == 302
     assert len(sent) == 1
     entry = LogEntry.objects.get(object_id=str(lab.laser.pk), content_type__model="machine")
-    assert entry.get_change_message() == "Remote stop: logged out Nina Test."
+    assert audit.history_text(entry) == "Remote stop: logged out Nina Test."
+    # Stored as a msgid and its parameters: the History page speaks the reader's language, not the actor's.
+    history = reverse("admin:machines_machine_history", args=[lab.laser.pk])
+    assert "Remote stop: logged out Nina Test." in admin_client.get(history).content.decode()
+    admin_client.cookies["django_language"] = "it"
+    assert "Arresto remoto: disconnesso Nina Test." in admin_client.get(history).content.decode()
 
 
 def test_recording_maintenance_from_the_plans_list_is_confirmed_with_a_note(admin_client: Client, lab: Lab) -> None:
@@ -121,6 +127,6 @@ def test_recording_maintenance_from_the_plans_list_is_confirmed_with_a_note(admi
     intervention = Intervention.objects.get()
     assert intervention.note == "lens replaced"
     entry = LogEntry.objects.get(action_flag=ADDITION, content_type__model="intervention")
-    assert entry.object_id == str(intervention.pk) and "lens replaced" in entry.get_change_message()
+    assert entry.object_id == str(intervention.pk) and "lens replaced" in audit.history_text(entry)
     recent = admin_client.get(reverse("admin:index")).content.decode()
     assert recent  # the index renders with the new entries

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from django.db import transaction
+from django.utils.translation import gettext_noop
 
 from members.models import Member
 from operations import audit
@@ -66,6 +67,10 @@ def import_database(path: str | Path, *, dry_run: bool = False) -> ImportReport:
     for message in report.warnings:
         logger.debug("import %s: %s", path, message)
     if not dry_run:
-        summary = f"Import from FabOMatic ({Path(path).name}): {report.created} row(s) created"
-        audit.record(Member, message=summary, title=summary, changes={"warnings": [None, report.warnings[:200]]})
+        audit.record(
+            Member,
+            message=gettext_noop("Import from FabOMatic (%(file)s): rows created: %(count)d"),
+            params={"file": Path(path).name, "count": report.created},
+            changes={"warnings": [None, report.warnings[:200]]},
+        )
     return report
