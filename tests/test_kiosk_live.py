@@ -32,6 +32,7 @@ from members.models import Card, Member, Role
 
 from .boards import SimBoard
 from .browser import bridge, chromium, daphne, log_in, screenshot, server_env
+from .test_portal_look import _english_on
 
 pytestmark = pytest.mark.browser
 
@@ -192,6 +193,8 @@ def test_the_kiosk_fits_every_screen(world: World, size: str, lang: str) -> None
             assert tile.evaluate("e => e.scrollWidth <= e.clientWidth"), tile.inner_text()
         state = page.locator('.k-tile[data-id="5"] .k-state').inner_text()
         assert state.lower() == ("out of order" if lang == "en" else "fuori servizio")
+        # No English left on the Italian screen (the same check finds the English one's phrases).
+        assert (_english_on(page) == []) == (lang == "it")
     except BaseException:
         screenshot(page, f"kiosk-{size}-{lang}-FAILED")
         raise
