@@ -100,7 +100,11 @@ class KioskConsumer(AsyncJsonWebsocketConsumer):
 
     async def machine_update(self, event: dict[str, Any]) -> None:
         tile = event["tile"]
-        locked = await database_sync_to_async(kiosk.locks)([tile["id"]])
+        try:
+            locked = await database_sync_to_async(kiosk.locks)([tile["id"]])
+        except Exception:  # the database is away: the next snapshot (RECHECK_SECONDS) brings the tile
+            logger.warning("Kiosk tile of machine #%s not sent (locks unreadable)", tile["id"], exc_info=True)
+            return
         await self.send_json({"type": "machine.update", "tile": kiosk.kiosk_tile(tile, locked.get(tile["id"]))})
 
     async def machine_heartbeat(self, event: dict[str, Any]) -> None:
