@@ -370,3 +370,25 @@ def test_a_tile_state_the_dashboard_may_add_one_day_never_breaks_the_screen(lab:
     assert kiosk.kiosk_tile({**tile, "state": "something_new"}, None)["state"] == "free"  # type: ignore[typeddict-item]
     assert kiosk.kiosk_tile(tile, "to_check", show_names=False)["state"] == "to_check"
     assert len(kiosk.KIOSK_STATES) == len(set(kiosk.KIOSK_STATES))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("fresh_layers")
+async def test_the_socket_hides_names_too_when_the_setting_says_so(lab: Lab, settings: Settings) -> None:
+    settings.KIOSK_SHOW_NAMES = False
+    _, secret = await database_sync_to_async(kiosk.create_screen)("TV", by=None)
+    now = timezone.now()
+    await database_sync_to_async(Use.objects.create)(
+        member=lab.normal, machine=lab.laser, started_at=now, last_seen=now
+    )
+    socket = _socket(secret)
+    assert (await socket.connect())[0]
+    snapshot = await socket.receive_json_from()
+    laser = next(t for t in snapshot["tiles"] if t["id"] == lab.laser.pk)
+    assert laser["state"] == "in_use" and laser["since"] and laser["user"] is None
+    tile = await database_sync_to_async(machine_tile)(lab.laser.pk)
+    assert tile is not None and tile["user"] == "Nina"  # the dashboard's tile has it; the screen's has not
+    await get_channel_layer().group_send(events.GROUP, events.tile_update(tile))
+    update = await socket.receive_json_from(timeout=5)
+    assert update["tile"]["user"] is None and "Nina" not in str(update)
+    await socket.disconnect()
