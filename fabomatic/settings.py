@@ -253,6 +253,10 @@ MQTT = {
 }
 # A machine is online when its board was heard from in the last ONLINE_SECONDS.
 ONLINE_SECONDS = env("ONLINE_SECONDS")
+# The lab's kiosk screens (machines/kiosk.py): the name in their header, and whether they show the first name of
+# whoever is on a machine (off: "In use" only).
+LAB_NAME = env.str("LAB_NAME", default="Fab-O-Matic")
+KIOSK_SHOW_NAMES = env.bool("KIOSK_SHOW_NAMES", default=True)
 # An open use silent for longer than this is closed at its last heartbeat by the bridge.
 ORPHAN_SECONDS = env("ORPHAN_SECONDS")
 # The bridge's worker threads (requests of one machine in order, machines in parallel), and how long after a request
@@ -284,6 +288,7 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     "machines.authorization",
     {"model": "machines.use", "exclude_fields": ["last_seen"]},
     "machines.intervention",
+    {"model": "machines.kioskscreen", "exclude_fields": ["token_hash", "last_seen_at"]},
 )
 
 # --- Mail -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from machines.kiosk_views import kiosk_page
 from members.password_reset import RateLimitedPasswordResetView
 from members.views import member_report_view
 
@@ -33,4 +34,6 @@ urlpatterns = [
     # Sign-off at the machine (a trainer's phone): machines/training_views.py, trainers only.
     path("admin/sign-off/", include("machines.training_urls")),
     path("admin/", admin.site.urls),
+    # The lab's kiosk screens: no login, a secret address (machines/kiosk.py).
+    path("kiosk/<str:secret>/", kiosk_page, name="kiosk"),
 ]

@@ -650,3 +650,6 @@ class InterventionAdmin(LiveUpdatesMixin, HistoryAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Intervention]) -> None:
         for intervention in queryset:
             services.delete_intervention(intervention)
+
+
+from . import kiosk_admin  # noqa: E402, F401  (the kiosk screens' pages register themselves)

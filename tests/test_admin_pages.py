@@ -13,7 +13,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from machines.models import Intervention, Machine, MachineType, MaintenancePlan, Use
+from machines.models import Intervention, KioskScreen, Machine, MachineType, MaintenancePlan, Use
 from members.models import Card, Member, UnknownCard
 from telemetry.models import Board
 
@@ -37,6 +37,7 @@ def history(lab: Lab) -> Lab:
     UnknownCard.objects.create(uid="deadbeef", machine=lab.printer)
     Board.objects.create(machine=lab.laser, serial="ABC", firmware="1.2.3", ip_address="10.0.0.5")
     Group.objects.create(name="desk")
+    KioskScreen.objects.create(name="Entrance TV", token_hash="0" * 64, created_by=lab.admin)
     seen = {"user_agent": "x", "http_accept": "x", "path_info": "/admin/login/", "username": "x@lab.test"}
     AccessAttempt.objects.create(**seen, get_data="", post_data="", failures_since_start=1)
     AccessLog.objects.create(**seen)
