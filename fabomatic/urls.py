@@ -4,6 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from machines import faults
 from members.password_reset import RateLimitedPasswordResetView
 from members.views import member_report_view
 
@@ -31,4 +32,7 @@ urlpatterns = [
         name="fabomatic_member_report",
     ),
     path("admin/", admin.site.urls),
+    # The fault report page of a machine's QR sticker: no login, a secret code per machine (machines/faults.py).
+    path("report/<str:token>/", faults.report_view, name="fault_report"),
+    path("report/<str:token>/thanks/", faults.thanks_view, name="fault_report_thanks"),
 ]
