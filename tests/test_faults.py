@@ -21,6 +21,7 @@ from machines.dashboard import tiles
 from machines.models import FaultReport, Machine, MachineCheck, Refusal, Use
 from members.gdpr import erase_member, purge
 from members.models import Member
+from operations import audit
 
 from .conftest import Lab
 from .test_portal_live import dashboard_channel, next_tile  # noqa: F401 (a fixture)
@@ -86,6 +87,7 @@ def test_an_out_of_order_report_locks_and_mails_each_maintainer_once_in_their_la
     fault = FaultReport.objects.get()
     assert (fault.severity, fault.reporter, fault.machine_id) == (OUT, "Nina, 333 1234567", lab.laser.pk)
     assert fault.source == safety.report_source("192.0.2.44") and "192.0.2.44" not in fault.source
+    assert "192.0.2.44" not in str(list(audit.entries_for(fault).values()))  # the address is kept nowhere
     assert safety.lock_reason(lab.laser.pk) == Refusal.Reason.FAULT
     by_address = {m.to[0]: m for m in mail.outbox}
     assert sorted(by_address) == ["alice@lab.test", "sam@lab.test"]  # one each, only portal maintainers
