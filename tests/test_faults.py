@@ -291,6 +291,8 @@ def test_refusals_on_the_member_and_machine_pages_and_their_read_only_list(admin
     filtered = results(admin_client.get(listing + f"?machine__id__exact={lab.laser.pk}").content.decode())
     assert "training expired" in filtered and "member disabled" not in filtered
     assert "Dario" in results(admin_client.get(listing + "?reason__exact=disabled").content.decode())
+    report = admin_client.get(reverse("fabomatic_member_report", args=[lab.normal.pk])).content.decode()
+    assert re.search(r"Refusals</th><td>1</td>", report)  # the GDPR data report counts them
     refusal = Refusal.objects.first()
     assert refusal is not None
     assert admin_client.post(reverse("admin:machines_refusal_delete", args=[refusal.pk])).status_code == 403
