@@ -175,6 +175,16 @@ def confirm_checks(
 # --- List pages -----------------------------------------------------------------------------------
 
 
+class RecordAdmin(AuditedAdmin, admin.ModelAdmin):
+    """A record staff read and act on (close, confirm) but never edit: its page has no Save buttons."""
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        no_save = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **no_save})
+
+
 class FaultStatusFilter(ConditionFilter):
     title = gettext_lazy("status")
     parameter_name = "open"
@@ -196,7 +206,7 @@ class CheckStatusFilter(ConditionFilter):
 
 
 @admin.register(FaultReport)
-class FaultReportAdmin(AuditedAdmin, admin.ModelAdmin):
+class FaultReportAdmin(RecordAdmin):
     list_display = ["reported", "machine", "severity_badge", "summary", "reporter", "status", "age"]
     list_display_links = ["reported", "summary"]
     list_filter = [FaultStatusFilter, "severity", MachineFilter]
@@ -270,7 +280,7 @@ class FaultReportAdmin(AuditedAdmin, admin.ModelAdmin):
 
 
 @admin.register(MachineCheck)
-class MachineCheckAdmin(AuditedAdmin, admin.ModelAdmin):
+class MachineCheckAdmin(RecordAdmin):
     list_display = ["machine", "requested", "used_by", "status", "checked_by", "checked_via"]
     list_filter = [CheckStatusFilter, MachineFilter]
     list_select_related = ["machine", "use__member", "checked_by"]

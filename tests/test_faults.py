@@ -197,6 +197,8 @@ def test_the_close_action_of_the_fault_list(admin_client: Client, lab: Lab) -> N
     assert not fault.is_open and keep.is_open
     listing = admin_client.get(url + "?open=yes").content.decode()
     assert "Jammed" in listing and "Smoke" not in listing
+    page = admin_client.get(reverse("admin:machines_faultreport_change", args=[fault.pk])).content.decode()
+    assert "Smoke" in page and 'name="_save"' not in page  # a record: read, closed, never edited
 
 
 def test_staff_file_a_report_from_the_portal(admin_client: Client, lab: Lab, maintainers: list[Member]) -> None:
