@@ -73,6 +73,13 @@ def test_the_page_names_the_machine_and_explains_out_of_order(client: Client, la
     assert "Fuori servizio" in page and "csrfmiddlewaretoken" in page
 
 
+def test_the_language_switch_comes_back_to_the_report_page(client: Client, lab: Lab) -> None:
+    url = report_url(lab.laser)
+    response = client.post("/i18n/setlang/", {"language": "it", "next": url}, HTTP_ACCEPT_LANGUAGE="en")
+    assert response.status_code == 302 and response["Location"] == url
+    assert "Segnala un guasto" in client.get(url, HTTP_ACCEPT_LANGUAGE="en").content.decode()
+
+
 def test_csrf_is_checked(lab: Lab) -> None:
     strict = Client(enforce_csrf_checks=True)
     assert send(strict, lab.laser).status_code == 403
