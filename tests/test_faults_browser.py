@@ -20,7 +20,7 @@ from django.db import connection
 from django.utils import timezone
 from playwright.sync_api import Browser, BrowserContext, Page
 
-from machines.models import FaultReport, Machine, MachineCheck, MachineType, Use
+from machines.models import FaultReport, Machine, MachineCheck, MachineType, Refusal, Use
 from members.models import Member, Role
 
 from .browser import chromium, daphne, log_in, screenshot, server_env
@@ -196,5 +196,30 @@ def test_the_sticker_renders_an_svg_qr_code(world: World, language: str) -> None
         box = qr.bounding_box()
         assert box is not None and box["width"] > 150 and abs(box["width"] - box["height"]) < 2
         assert f"/report/{machine.report_token}/" in page.locator(".st-url").inner_text()
+        _check(page, language)
+    staff.close()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("size", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_the_lists_fit_and_speak_one_language(world: World, language: str, size: tuple[int, int]) -> None:
+    machine = Machine.objects.get(pk=world.machine.pk)
+    member = Member.objects.get(email="desk@lab.test")
+    if not FaultReport.objects.exists():
+        FaultReport.objects.create(machine=machine, severity=FaultReport.Severity.MINOR, description="Loose knob")
+    if not MachineCheck.objects.exists():
+        MachineCheck.objects.create(machine=machine, requested_at=timezone.now())
+    Refusal.objects.create(machine=machine, member=member, uid="aabbccd1", reason=Refusal.Reason.TO_CHECK)
+    staff = _context(world, size, language, staff=True)
+    page = staff.new_page()
+    name = "phone" if size == PHONE else "desktop"
+    for model in ("faultreport", "machinecheck", "refusal"):
+        _open(page, f"{world.url}/admin/machines/{model}/")
+        with _shot(page, f"list-{model}-{name}-{language}"):
+            assert page.locator("#result_list tbody tr").count() >= 1
+            _check(page, language)
+    _open(page, f"{world.url}/admin/members/member/{member.pk}/change/")
+    with _shot(page, f"member-{name}-{language}"):
+        assert page.locator("#refusals tbody tr").count() >= 1
         _check(page, language)
     staff.close()
