@@ -235,6 +235,23 @@ def test_confirming_a_check_from_the_machine_page(admin_client: Client, lab: Lab
     assert safety.lock_reason(lab.laser.pk) is None
 
 
+def test_maintainers_close_and_confirm_in_the_portal_and_view_only_staff_may_not(client: Client, lab: Lab) -> None:
+    safety.report_fault(lab.laser, severity=OUT, description="Smoke")
+    MachineCheck.objects.create(machine=lab.laser, requested_at=timezone.now())
+    close = reverse("admin:machines_machine_close_faults", args=[lab.laser.pk])
+    check = reverse("admin:machines_machine_confirm_check", args=[lab.laser.pk])
+    new_code = reverse("admin:machines_machine_report_code", args=[lab.laser.pk])
+    Member.objects.filter(pk__in=[lab.staff.pk, lab.normal.pk]).update(is_staff=True)
+    client.force_login(Member.objects.get(pk=lab.normal.pk))  # a portal user whose role has no maintenance
+    assert [client.post(url, {"post": "yes"}).status_code for url in (close, check, new_code)] == [403, 403, 403]
+    assert client.get(reverse("admin:machines_refusal_changelist")).status_code == 200  # but sees refusals
+    assert safety.lock_reason(lab.laser.pk) == Refusal.Reason.FAULT
+    client.force_login(Member.objects.get(pk=lab.staff.pk))  # the maintenance role: level 2 at the machine
+    assert client.post(new_code, {"post": "yes"}).status_code == 403  # the sticker's code is the admins'
+    assert [client.post(url, {"post": "yes"}).status_code for url in (close, check)] == [302, 302]
+    assert safety.lock_reason(lab.laser.pk) is None
+
+
 def test_tiles_show_out_of_order_and_to_check_below_in_use_and_blocked(lab: Lab) -> None:
     now = timezone.now()
     Machine.objects.filter(pk__in=[1, 2]).update(last_seen=now)
