@@ -49,6 +49,8 @@ env = environ.FileAwareEnv(
     RETENTION_DAYS=(int, 365),
     UNKNOWN_CARD_RETENTION_DAYS=(int, 30),
     TRAINING_REMINDER_DAYS=(int, 14),
+    REFUSAL_RETENTION_DAYS=(int, 90),
+    FAULT_REPORTS_PER_HOUR=(int, 5),
     LOG_LEVEL=(str, "INFO"),
     SECURE_SSL=(bool, True),
     CSRF_TRUSTED_ORIGINS=(list, []),
@@ -270,6 +272,14 @@ BRIDGE_REPLY_DEADLINE = env.float("BRIDGE_REPLY_DEADLINE", default=1.5)
 # --- GDPR -----------------------------------------------------------------------------------
 RETENTION_DAYS = env("RETENTION_DAYS")
 UNKNOWN_CARD_RETENTION_DAYS = env("UNKNOWN_CARD_RETENTION_DAYS")
+# Refused swipes (with their reason) are kept this long; closed fault reports and confirmed checks after use follow
+# RETENTION_DAYS.
+REFUSAL_RETENTION_DAYS = env("REFUSAL_RETENTION_DAYS")
+
+# --- Fault reports (machines/faults.py) -------------------------------------------------------
+# Public reports from one address (its keyed hash: the address is never stored) in an hour, beyond which the report
+# page answers 429. One machine takes at most 20 an hour whatever the addresses.
+FAULT_REPORTS_PER_HOUR = env("FAULT_REPORTS_PER_HOUR")
 
 # --- Audit trail (django-auditlog, operations/audit.py) -----------------------------------------------
 # Staff changes, with who, when and before/after, kept this long (manage.py purge deletes older entries).
@@ -282,13 +292,16 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     {"model": "members.member", "exclude_fields": ["password", "last_login"]},
     "members.role",
     "members.card",
-    {"model": "machines.machine", "exclude_fields": ["last_seen", "heard_live_at"]},
+    # The report code is a secret (the sticker's address): its change is recorded without its value.
+    {"model": "machines.machine", "exclude_fields": ["last_seen", "heard_live_at", "report_token"]},
     "machines.machinetype",
     {"model": "machines.maintenanceplan", "exclude_fields": ["done_at", "done_at_hours"]},
     "machines.authorization",
     {"model": "machines.use", "exclude_fields": ["last_seen"]},
     "machines.intervention",
     {"model": "machines.kioskscreen", "exclude_fields": ["token_hash", "last_seen_at"]},
+    {"model": "machines.faultreport", "exclude_fields": ["source"]},
+    "machines.machinecheck",
 )
 
 # --- Mail -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from machines import faults
 from machines.kiosk_views import kiosk_page
 from members.password_reset import RateLimitedPasswordResetView
 from members.views import member_report_view
@@ -36,4 +37,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # The lab's kiosk screens: no login, a secret address (machines/kiosk.py).
     path("kiosk/<str:secret>/", kiosk_page, name="kiosk"),
+    # The fault report page of a machine's QR sticker: no login, a secret code per machine (machines/faults.py).
+    path("report/<str:token>/", faults.report_view, name="fault_report"),
+    path("report/<str:token>/thanks/", faults.thanks_view, name="fault_report_thanks"),
 ]

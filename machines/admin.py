@@ -40,7 +40,7 @@ from operations import audit
 from operations.audited import AuditedAdmin
 from telemetry.credentials import issue_board_credentials
 
-from . import charts, confirm, history_search, services
+from . import charts, confirm, fault_admin, history_search, services
 from .dashboard import events
 from .filters import (
     MachineFilter,
@@ -366,6 +366,7 @@ class MachineAdmin(
                 weekly_chart=charts.bar_chart(
                     charts.weekly_hours(Q(machine=machine)), title=_("Hours of use per week"), period=_("Week of")
                 ),
+                **fault_admin.machine_context(request, machine),  # faults, check after use, refusals, sticker
             )
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -381,6 +382,7 @@ class MachineAdmin(
                 self.admin_site.admin_view(self.record_view),
                 name="machines_machine_record",
             ),
+            *fault_admin.machine_urls(self),
         ]
         return urls + super().get_urls()
 

@@ -18,7 +18,7 @@ import re
 import secrets
 from collections.abc import Collection
 from datetime import datetime, timedelta
-from typing import Literal, TypedDict, cast
+from typing import Literal, TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -180,7 +180,7 @@ def kiosk_tile(tile: Tile, lock: KioskState | None, *, show_names: bool | None =
     if lock is not None:
         state = lock
     elif tile["state"] in KIOSK_STATES:
-        state = cast(KioskState, tile["state"])
+        state = tile["state"]
     else:  # a state the dashboard may add one day: what the fields say
         state = "in_use" if tile["since"] else "free"
     return KioskTile(

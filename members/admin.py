@@ -20,7 +20,7 @@ from django.utils.translation import gettext_lazy, gettext_noop, ngettext
 
 from fabomatic.admin import AddAnotherMixin, ExcelExportMixin, InUseDeleteMixin, badge, format_seconds
 from fabomatic.http import acting_member
-from machines import charts, safety
+from machines import charts, fault_admin, safety
 from machines.models import Use
 from machines.training_admin import MemberTrainingInline
 from operations import audit
@@ -363,6 +363,7 @@ class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
                 usage_chart=charts.bar_chart(
                     charts.monthly_hours(Q(member=member)), title=_("Hours per month"), period=_("Month")
                 ),
+                **fault_admin.member_context(member),  # the latest refused swipes
             )
         return super().change_view(request, object_id, form_url, extra_context)
 

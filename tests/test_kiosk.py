@@ -366,7 +366,7 @@ async def test_an_open_screen_rechecks_its_address_by_itself(lab: Lab, monkeypat
 def test_a_tile_state_the_dashboard_may_add_one_day_never_breaks_the_screen(lab: Lab) -> None:
     tile = machine_tile(lab.laser.pk)
     assert tile is not None
-    assert kiosk.kiosk_tile({**tile, "state": "out_of_order"}, None)["state"] == "out_of_order"  # type: ignore[typeddict-item]
+    assert kiosk.kiosk_tile({**tile, "state": "out_of_order"}, None)["state"] == "out_of_order"
     assert kiosk.kiosk_tile({**tile, "state": "something_new"}, None)["state"] == "free"  # type: ignore[typeddict-item]
     assert kiosk.kiosk_tile(tile, "to_check", show_names=False)["state"] == "to_check"
     assert len(kiosk.KIOSK_STATES) == len(set(kiosk.KIOSK_STATES))
