@@ -288,7 +288,9 @@ def require_check(use: Use) -> MachineCheck | None:
     """A use on a machine whose type wants a check after use has closed: open a check, once per use.
 
     A replayed session that ended before the machine's latest confirmed check needs none: it was checked."""
-    if use.ended_at is None or not use.machine.type.check_after_use:
+    if use.ended_at is None:
+        return None
+    if not Machine.objects.filter(pk=use.machine_id, type__check_after_use=True).exists():  # one indexed probe
         return None
     last = (
         MachineCheck.objects.filter(machine_id=use.machine_id, checked_at__isnull=False)

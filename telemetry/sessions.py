@@ -69,7 +69,7 @@ def start_use(machine_id: int, request: p.StartUse, now: datetime) -> Outcome:
     if current is not None:
         # Another member's use is still open: the board rebooted without a stopuse (S18).
         services.close_use(current, ended_at=current.last_seen)
-    Use.objects.create(member=member, machine_id=machine_id, started_at=now, last_seen=now)
+    services.begin_use(member=member, machine_id=machine_id, started_at=now, last_seen=now)
     return Outcome(p.simple_reply(True), changed=True)
 
 
@@ -96,7 +96,7 @@ def in_use(machine_id: int, request: p.InUse, now: datetime) -> Outcome:
         start = now - timedelta(seconds=request.duration)
         if previous_end is not None and start < previous_end:  # within the slack: never overlap the previous use
             start = min(previous_end, now)
-        Use.objects.create(member=member, machine_id=machine_id, started_at=start, last_seen=now)
+        services.begin_use(member=member, machine_id=machine_id, started_at=start, last_seen=now)
         return Outcome(p.simple_reply(True, "inUse"), changed=True)
     # Someone is on the machine, but not since when the board says: opened now, flagged for staff.
     services.record_flagged_use(
@@ -197,7 +197,7 @@ def _record_session(machine_id: int, member: Member, request: p.StopUse, now: da
         )
         return Outcome(None, changed=True, note="flagged")
     start = now - timedelta(seconds=request.duration)
-    use = Use.objects.create(
+    use = services.begin_use(
         member=member, machine_id=machine_id, started_at=start, last_seen=now, replay=request.replay
     )
     services.close_use(use, ended_at=now)
