@@ -143,13 +143,13 @@ def check_reply_types(action: str, reply: dict[str, Any]) -> None:
     """Every field the firmware reads is there, with its JSON type (a missing boolean would read as false, a
     missing string as "null" on the LCD)."""
     expected = REPLY_TYPES[action]
-    if action in ("checkmachine",) and reply.get("request_ok") is False:
+    if action == "checkmachine" and reply.get("request_ok") is False:
         expected = {"request_ok": bool, "message": str}
     for field, kind in expected.items():
         assert field in reply, f"{action} reply lacks {field}: {reply}"
         value = reply[field]
         assert isinstance(value, kind) and (kind is bool or not isinstance(value, bool)), (action, field, reply)
-        if kind is int:
+        if isinstance(value, int):
             assert 0 <= value <= 65535, (action, field, reply)
 
 
