@@ -143,9 +143,10 @@ def _check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Outcome
     if member is None:
         if request.uid != p.NO_CARD and not Card.objects.filter(uid=request.uid).exists():
             _note_unknown_card(request.uid, machine_id, now)  # for registration
-        if request.uid != p.NO_CARD:
-            safety.record_refusal(machine_id, services.Refusal.UNKNOWN_CARD, uid=request.uid, now=now)
-        return Outcome(p.user_reply(is_valid=False, name="Unknown", level=0))
+        recorded = request.uid != p.NO_CARD and safety.record_refusal(
+            machine_id, services.Refusal.UNKNOWN_CARD, uid=request.uid, now=now
+        )
+        return Outcome(p.user_reply(is_valid=False, name="Unknown", level=0), changed=recorded)
     machine = machine_of(machine_id)
     decision = services.check_access(member, machine, now=now)
     trained = False
@@ -153,9 +154,10 @@ def _check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Outcome
         if safety.sign_off(machine, member, now) is not None:  # a trainer armed this machine: trained on this swipe
             decision, trained = services.check_access(member, machine, now=now), True
     refusal = decision.refusal or services.board_refusal(decision, machine)
-    if refusal:
-        safety.record_refusal(machine_id, refusal, member_id=member.pk, uid=request.uid, now=now)
-    return Outcome(user_reply(member, decision), changed=trained)
+    recorded = refusal is not None and safety.record_refusal(
+        machine_id, refusal, member_id=member.pk, uid=request.uid, now=now
+    )
+    return Outcome(user_reply(member, decision), changed=trained or recorded)  # the dashboard shows refusals
 
 
 def _note_unknown_card(uid: str, machine_id: int, now: datetime) -> None:
