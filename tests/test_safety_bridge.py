@@ -417,3 +417,17 @@ def test_e_every_refusal_is_kept_once_per_swipe_with_its_reason(lab: Lab, board:
     assert board.swipe(S) == "Use started"
     assert reasons() == []
     assert_quiet(board)
+
+
+def test_the_lock_message_is_in_the_lab_language_and_fits_the_lcd(
+    lab: Lab, board: FirmwareBoard, settings: Settings
+) -> None:
+    settings.LANGUAGE_CODE = "it"
+    safety.report_fault(lab.laser, severity=FaultReport.Severity.OUT_OF_ORDER, description="Fumo")
+    assert board.check_machine()["description"] == "Fuori servizio"
+    safety.close_faults(lab.laser, by=lab.staff, via=FaultReport.Via.PORTAL)
+    MachineCheck.objects.create(machine=lab.laser, requested_at=timezone.now())
+    assert board.check_machine()["description"] == "Da controllare"
+    for language in ("en", "it"):
+        settings.LANGUAGE_CODE = language
+        assert all(len(safety.lock_message(reason)) <= 16 for reason in (Reason.FAULT, Reason.TO_CHECK))
