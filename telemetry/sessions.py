@@ -22,6 +22,10 @@ README's bridge section lists them):
   who are merely not authorized (an offline whitelist or cache login) are recorded: the machine ran.
 - An open use silent for more than ``ORPHAN_SECONDS`` is closed at its last heartbeat + 1 s (S19) by
   :func:`close_orphans`, which the bridge runs periodically.
+- Uses are opened by ``services.begin_use`` (the member's training counts from the use, ``safety.stamp_use``) and
+  closed by ``services.close_use`` / ``close_flagged`` (a type with a check after use gets one, once per use,
+  ``safety.require_check``): copies and duplicates open and close nothing, so they stamp and check nothing either
+  (docs/protocol.md §9.4, §9.6).
 """
 
 from __future__ import annotations

@@ -4,6 +4,17 @@ reply fields' types) → real Mosquitto → the real bridge → the database.
 
 (a) training that expires; (b) sign-off at the machine; (c) fault reports; (d) checks after use; (e) a reason for
 every refusal.
+
+The sequences of docs/protocol.md §3.5 and their outcome on a type with a check after use (§9.6), as tested below:
+
+- ``stopuse N 45`` live → one use, one open check; the same ``stopuse`` again live, then replayed → copies: still one;
+- offline session ``startuse``/``stopuse 100`` replayed, the pair sent twice → one use, one check;
+- a reboot during S's session, then A's ``checkuser``/``startuse`` → S's orphan closed at its heartbeat, one check;
+- ``maintenance`` replayed → closes no check and no fault (the hold happened at an unknown time); live at level 2
+  → closes them all; level 1 → "Not authorized";
+- staff's own session after the hold → a new check at its ``stopuse``;
+- a fault reported during a session → its ``inuse`` and ``stopuse`` recorded as usual; the lock applies at the next
+  login, and holds across a bridge restart, a broker restart and a board reboot.
 """
 
 from __future__ import annotations
