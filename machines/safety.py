@@ -143,28 +143,27 @@ def valid_condition(now: datetime, prefix: str = "") -> Q:
 
 def stamp_use(member_id: int, machine_id: int, started_at: datetime) -> None:
     """A use opened: a training that lapses when unused counts again from it, unless it had lapsed already (a
-    session the board let in offline must not revive it)."""
-    for authorization in Authorization.objects.filter(
-        member_id=member_id, machine_id=machine_id, expires_at__gt=started_at
-    ).only("pk", "expiry", "expiry_days", "granted_at", "last_used_at"):
-        if authorization.last_used_at is not None and authorization.last_used_at >= started_at:
-            continue  # a replay of something older than what we know
-        fields: dict[str, object] = {"last_used_at": started_at}
-        if authorization.expiry == Expiry.IDLE_DAYS:
-            fields["expires_at"] = expires_at(
-                Expiry.IDLE_DAYS,
-                days=authorization.expiry_days,
-                on_date=None,
-                trained_at=authorization.granted_at,
-                last_used_at=started_at,
-            )
-        Authorization.objects.filter(pk=authorization.pk).update(**fields)
-    Authorization.objects.filter(
-        Q(last_used_at__isnull=True) | Q(last_used_at__lt=started_at),
-        member_id=member_id,
-        machine_id=machine_id,
-        expires_at__isnull=True,
-    ).update(last_used_at=started_at)
+    session the board let in offline must not revive it). One read of the member's (unique) authorization for the
+    machine, and one conditional UPDATE when it moves (the bridge calls this on every use it opens)."""
+    found = (
+        Authorization.objects.filter(member_id=member_id, machine_id=machine_id)
+        .values_list("pk", "expiry", "expiry_days", "granted_at", "last_used_at", "expires_at")
+        .first()
+    )
+    if found is None:
+        return
+    pk, expiry, days, granted_at, last_used_at, lapses_at = found
+    if lapses_at is not None and lapses_at <= started_at:
+        return  # it had lapsed when this use started: not revived
+    if last_used_at is not None and last_used_at >= started_at:
+        return  # a replay of something older than what we know
+    fields: dict[str, object] = {"last_used_at": started_at}
+    if expiry == Expiry.IDLE_DAYS:
+        fields["expires_at"] = expires_at(
+            Expiry.IDLE_DAYS, days=days, on_date=None, trained_at=granted_at, last_used_at=started_at
+        )
+    # Conditional: a later use stamped meanwhile (another bridge) is never moved back.
+    Authorization.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=started_at), pk=pk).update(**fields)
 
 
 # --- Trainers -------------------------------------------------------------------------------------
@@ -284,13 +283,16 @@ def close_faults(
     return qs.update(closed_at=now or timezone.now(), closed_by=by, closed_via=via, close_note=note)
 
 
-def require_check(use: Use) -> MachineCheck | None:
+def require_check(use: Use, *, wanted: bool | None = None) -> MachineCheck | None:
     """A use on a machine whose type wants a check after use has closed: open a check, once per use.
 
+    ``wanted``: the type's ``check_after_use`` when the caller already read it (the bridge), else read here.
     A replayed session that ended before the machine's latest confirmed check needs none: it was checked."""
     if use.ended_at is None:
         return None
-    if not Machine.objects.filter(pk=use.machine_id, type__check_after_use=True).exists():  # one indexed probe
+    if wanted is None:
+        wanted = Machine.objects.filter(pk=use.machine_id, type__check_after_use=True).exists()
+    if not wanted:
         return None
     last = (
         MachineCheck.objects.filter(machine_id=use.machine_id, checked_at__isnull=False)

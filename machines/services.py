@@ -285,18 +285,22 @@ def begin_use(
     return use
 
 
-def use_closed(use: Use) -> None:
+def use_closed(use: Use, *, check_after_use: bool | None = None) -> None:
     """What every closing of a use does besides the meter: a type that wants a check after use gets one, once per
-    use (``safety.require_check``; a duplicate or replayed close closes nothing, so it opens nothing)."""
+    use (``safety.require_check``; a duplicate or replayed close closes nothing, so it opens nothing).
+    ``check_after_use``: the type's flag when the caller already read it (the bridge), else read."""
     from .safety import require_check
 
-    require_check(use)
+    require_check(use, wanted=check_after_use)
 
 
-def close_use(use: Use, *, ended_at: datetime, last_seen: datetime | None = None) -> Use:
+def close_use(
+    use: Use, *, ended_at: datetime, last_seen: datetime | None = None, check_after_use: bool | None = None
+) -> Use:
     """Close an open use and add its duration to the machine's hour meter, exactly once.
 
     A flagged use (its start was implausible) closes with duration 0: staff decide what it counts.
+    ``check_after_use``: the machine type's flag, when the caller already read it (see :func:`use_closed`).
     """
     duration = 0 if use.flag else max(0, round((ended_at - use.started_at).total_seconds()))
     updated = Use.objects.filter(pk=use.pk, ended_at__isnull=True).update(
@@ -306,11 +310,13 @@ def close_use(use: Use, *, ended_at: datetime, last_seen: datetime | None = None
         add_machine_seconds(use.machine_id, duration, started_at=use.started_at)
         use.ended_at, use.duration = ended_at, duration
         use.last_seen = last_seen or max(ended_at, use.last_seen)
-        use_closed(use)
+        use_closed(use, check_after_use=check_after_use)
     return use
 
 
-def close_flagged(use: Use, *, ended_at: datetime, verdict: Implausible, reported: int) -> Use:
+def close_flagged(
+    use: Use, *, ended_at: datetime, verdict: Implausible, reported: int, check_after_use: bool | None = None
+) -> Use:
     """Close an open use whose closing duration is implausible: on record, flagged, not on the meter."""
     updated = Use.objects.filter(pk=use.pk, ended_at__isnull=True).update(
         ended_at=ended_at,
@@ -323,7 +329,7 @@ def close_flagged(use: Use, *, ended_at: datetime, verdict: Implausible, reporte
     if updated:
         use.ended_at, use.duration, use.flag = ended_at, 0, verdict.flag
         use.reported_duration, use.plausible_max = reported, verdict.plausible_max
-        use_closed(use)
+        use_closed(use, check_after_use=check_after_use)
         logger.warning(
             "machine %s: use %s flagged, reported %s s (%s, plausible at most %s s)",
             use.machine_id,

@@ -144,7 +144,7 @@ _SQL_OPEN_USE = f"""
 
 _SQL_MACHINE_ROW = f"""
     SELECT m.name, m.blocked, m.hours, m.last_seen, m.heard_live_at, m.type_id,
-           t.name, t.logoff_minutes, t.grace_minutes, t.requires_authorization
+           t.name, t.logoff_minutes, t.grace_minutes, t.requires_authorization, t.check_after_use
     FROM {_M} m JOIN {_T} t ON t.id = m.type_id WHERE m.id = %s"""
 _SQL_ALIVE = f"""
     SELECT m.last_seen >= %s, b.firmware FROM {_M} m LEFT JOIN {_B} b ON b.machine_id = m.id WHERE m.id = %s"""
@@ -395,9 +395,14 @@ def machine_of(machine_id: int) -> Machine:
     rows = _fetch(_SQL_MACHINE_ROW, [machine_id])
     if not rows:
         raise Machine.DoesNotExist(f"machine {machine_id}")
-    name, blocked, hours, last_seen, heard_live_at, type_id, type_name, logoff, grace, needs_auth = rows[0]
+    name, blocked, hours, last_seen, heard_live_at, type_id, type_name, logoff, grace, needs_auth, check = rows[0]
     kind = MachineType(
-        id=type_id, name=type_name, logoff_minutes=logoff, grace_minutes=grace, requires_authorization=bool(needs_auth)
+        id=type_id,
+        name=type_name,
+        logoff_minutes=logoff,
+        grace_minutes=grace,
+        requires_authorization=bool(needs_auth),
+        check_after_use=bool(check),
     )
     return Machine(
         id=machine_id,

@@ -156,13 +156,17 @@ def _close_open(machine_id: int, use: Use, request: p.StopUse, now: datetime, do
     if use.flag or verdict is not None:
         if verdict is None:  # opened flagged (its start was implausible): it stays for staff to decide
             verdict = services.Implausible(Use.Flag(use.flag), int((now - use.started_at).total_seconds()))
-        services.close_flagged(use, ended_at=now, verdict=verdict, reported=request.duration)
+        services.close_flagged(
+            use, ended_at=now, verdict=verdict, reported=request.duration, check_after_use=machine.type.check_after_use
+        )
         return Outcome(done, changed=True, note="flagged")
     end = use.started_at + timedelta(seconds=request.duration)
     if end > now:  # the board's clock ran a little ahead of ours (within the slack): the session ends now
         use.started_at, end = now - timedelta(seconds=request.duration), now
         Use.objects.filter(pk=use.pk).update(started_at=use.started_at)
-    services.close_use(use, ended_at=end, last_seen=max(now, use.last_seen))
+    services.close_use(
+        use, ended_at=end, last_seen=max(now, use.last_seen), check_after_use=machine.type.check_after_use
+    )
     return Outcome(done, changed=True)
 
 
@@ -204,7 +208,7 @@ def _record_session(machine_id: int, member: Member, request: p.StopUse, now: da
     use = services.begin_use(
         member=member, machine_id=machine_id, started_at=start, last_seen=now, replay=request.replay
     )
-    services.close_use(use, ended_at=now)
+    services.close_use(use, ended_at=now, check_after_use=machine.type.check_after_use)
     if _pack_back(run, start):
         services.recount_machine(machine_id)
     return Outcome(None, changed=True)
