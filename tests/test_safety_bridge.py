@@ -170,7 +170,8 @@ def test_b_an_expired_training_is_renewed_by_the_sign_off(lab: Lab, board: Firmw
 
 def test_b_two_bridges_racing_one_arming_train_one_card(lab: Lab, vera: Member) -> None:
     """Two bridge workers (each its own database connection) take two refused cards on one armed machine at the
-    same moment: the arming is taken by one conditional UPDATE, so one card is trained and the other refused."""
+    same moment: one card is trained, the other refused and recorded. (Their transactions serialise on the
+    machine's row; tests/test_safety_uses.py proves the arming's conditional UPDATE against a stale read.)"""
     lab.laser.trainers.add(lab.staff)
     Machine.objects.filter(pk=lab.laser.pk).update(last_seen=timezone.now())
     safety.arm(lab.laser, lab.staff)

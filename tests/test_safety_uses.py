@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from machines import safety, services
 from machines.models import Authorization, FaultReport, Machine, MachineCheck, MachineType, Use
+from members.models import Member
 from telemetry import ingest, remote, sessions
 from telemetry import protocol as p
 
@@ -121,3 +122,18 @@ def test_a_board_refusal_is_recorded_and_broadcast_once_per_swipe(lab: Lab) -> N
     assert list(lab.laser.refusals.values_list("reason", flat=True)) == [services.Refusal.MAINTENANCE_DUE]
     staff = ingest.process(1, p.CheckUser(uid=S))  # level 2 passes: the fast path answers it
     assert staff.reply is not None and staff.reply["level"] == 2 and lab.laser.refusals.count() == 1
+
+
+def test_sign_off_takes_an_arming_once_even_when_two_bridges_read_it_at_once(lab: Lab, monkeypatch) -> None:
+    """Two bridges may both read the arming before either takes it: the conditional UPDATE lets one card through
+    (without it, both would be trained)."""
+    lab.laser.trainers.add(lab.staff)
+    safety.arm(lab.laser, lab.staff)
+    stale = safety.active_arm(lab.laser.pk)
+    monkeypatch.setattr(safety, "active_arm", lambda machine_id, now=None: stale)
+    other = Member.objects.create_user(email="vera@lab.test", first_name="Vera", role=lab.unauthorized.role)
+    assert safety.sign_off(lab.laser, lab.unauthorized) is not None
+    assert safety.sign_off(lab.laser, other) is None
+    assert list(Authorization.objects.filter(trained_by=lab.staff).values_list("member_id", flat=True)) == [
+        lab.unauthorized.pk
+    ]
