@@ -18,10 +18,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone, translation
 from django.utils.translation import gettext
@@ -141,29 +141,52 @@ def valid_condition(now: datetime, prefix: str = "") -> Q:
     return Q(**{f"{prefix}expires_at__isnull": True}) | Q(**{f"{prefix}expires_at__gt": now})
 
 
+_STAMP_READ = """
+    SELECT id, expiry, expiry_days, granted_at, last_used_at, expires_at FROM {table}
+    WHERE member_id = %s AND machine_id = %s"""
+_STAMP_WRITE = """
+    UPDATE {table} SET last_used_at = %s, expires_at = %s
+    WHERE id = %s AND (last_used_at IS NULL OR last_used_at < %s)"""
+
+
 def stamp_use(member_id: int, machine_id: int, started_at: datetime) -> None:
     """A use opened: a training that lapses when unused counts again from it, unless it had lapsed already (a
-    session the board let in offline must not revive it). One read of the member's (unique) authorization for the
-    machine, and one conditional UPDATE when it moves (the bridge calls this on every use it opens)."""
-    found = (
-        Authorization.objects.filter(member_id=member_id, machine_id=machine_id)
-        .values_list("pk", "expiry", "expiry_days", "granted_at", "last_used_at", "expires_at")
-        .first()
-    )
+    session the board let in offline must not revive it).
+
+    One read of the member's (unique) authorization for the machine and one conditional UPDATE when it moves, in
+    raw SQL: the bridge calls this on every use it opens, and the ORM's compilation would cost more than both."""
+    table = Authorization._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(_STAMP_READ.format(table=table), [member_id, machine_id])
+        found = cursor.fetchone()
     if found is None:
         return
     pk, expiry, days, granted_at, last_used_at, lapses_at = found
+    lapses_at, last_used_at = _from_db(lapses_at), _from_db(last_used_at)
     if lapses_at is not None and lapses_at <= started_at:
         return  # it had lapsed when this use started: not revived
     if last_used_at is not None and last_used_at >= started_at:
         return  # a replay of something older than what we know
-    fields: dict[str, object] = {"last_used_at": started_at}
     if expiry == Expiry.IDLE_DAYS:
-        fields["expires_at"] = expires_at(
-            Expiry.IDLE_DAYS, days=days, on_date=None, trained_at=granted_at, last_used_at=started_at
+        lapses_at = expires_at(
+            Expiry.IDLE_DAYS,
+            days=days,
+            on_date=None,
+            trained_at=_from_db(granted_at) or started_at,
+            last_used_at=started_at,
         )
-    # Conditional: a later use stamped meanwhile (another bridge) is never moved back.
-    Authorization.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=started_at), pk=pk).update(**fields)
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:  # conditional: a later use stamped meanwhile is never moved back
+        cursor.execute(_STAMP_WRITE.format(table=table), [adapt(started_at), adapt(lapses_at), pk, adapt(started_at)])
+
+
+def _from_db(value: datetime | str | None) -> datetime | None:
+    """A datetime column read by a raw query (SQLite returns UTC text), as an aware datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value is not None and timezone.is_naive(value):
+        value = value.replace(tzinfo=UTC)
+    return value
 
 
 # --- Trainers -------------------------------------------------------------------------------------
