@@ -18,10 +18,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone, translation
 from django.utils.translation import gettext
@@ -145,30 +145,52 @@ def valid_condition(now: datetime, prefix: str = "") -> Q:
     return Q(**{f"{prefix}expires_at__isnull": True}) | Q(**{f"{prefix}expires_at__gt": now})
 
 
+_STAMP_READ = """
+    SELECT id, expiry, expiry_days, granted_at, last_used_at, expires_at FROM {table}
+    WHERE member_id = %s AND machine_id = %s"""
+_STAMP_WRITE = """
+    UPDATE {table} SET last_used_at = %s, expires_at = %s
+    WHERE id = %s AND (last_used_at IS NULL OR last_used_at < %s)"""
+
+
 def stamp_use(member_id: int, machine_id: int, started_at: datetime) -> None:
     """A use opened: a training that lapses when unused counts again from it, unless it had lapsed already (a
-    session the board let in offline must not revive it)."""
-    for authorization in Authorization.objects.filter(
-        member_id=member_id, machine_id=machine_id, expires_at__gt=started_at
-    ).only("pk", "expiry", "expiry_days", "granted_at", "last_used_at"):
-        if authorization.last_used_at is not None and authorization.last_used_at >= started_at:
-            continue  # a replay of something older than what we know
-        fields: dict[str, object] = {"last_used_at": started_at}
-        if authorization.expiry == Expiry.IDLE_DAYS:
-            fields["expires_at"] = expires_at(
-                Expiry.IDLE_DAYS,
-                days=authorization.expiry_days,
-                on_date=None,
-                trained_at=authorization.granted_at,
-                last_used_at=started_at,
-            )
-        Authorization.objects.filter(pk=authorization.pk).update(**fields)
-    Authorization.objects.filter(
-        Q(last_used_at__isnull=True) | Q(last_used_at__lt=started_at),
-        member_id=member_id,
-        machine_id=machine_id,
-        expires_at__isnull=True,
-    ).update(last_used_at=started_at)
+    session the board let in offline must not revive it).
+
+    One read of the member's (unique) authorization for the machine and one conditional UPDATE when it moves, in
+    raw SQL: the bridge calls this on every use it opens, and the ORM's compilation would cost more than both."""
+    table = Authorization._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(_STAMP_READ.format(table=table), [member_id, machine_id])
+        found = cursor.fetchone()
+    if found is None:
+        return
+    pk, expiry, days, granted_at, last_used_at, lapses_at = found
+    lapses_at, last_used_at = _from_db(lapses_at), _from_db(last_used_at)
+    if lapses_at is not None and lapses_at <= started_at:
+        return  # it had lapsed when this use started: not revived
+    if last_used_at is not None and last_used_at >= started_at:
+        return  # a replay of something older than what we know
+    if expiry == Expiry.IDLE_DAYS:
+        lapses_at = expires_at(
+            Expiry.IDLE_DAYS,
+            days=days,
+            on_date=None,
+            trained_at=_from_db(granted_at) or started_at,
+            last_used_at=started_at,
+        )
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:  # conditional: a later use stamped meanwhile is never moved back
+        cursor.execute(_STAMP_WRITE.format(table=table), [adapt(started_at), adapt(lapses_at), pk, adapt(started_at)])
+
+
+def _from_db(value: datetime | str | None) -> datetime | None:
+    """A datetime column read by a raw query (SQLite returns UTC text), as an aware datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value is not None and timezone.is_naive(value):
+        value = value.replace(tzinfo=UTC)
+    return value
 
 
 # --- Trainers -------------------------------------------------------------------------------------
@@ -288,11 +310,16 @@ def close_faults(
     return qs.update(closed_at=now or timezone.now(), closed_by=by, closed_via=via, close_note=note)
 
 
-def require_check(use: Use) -> MachineCheck | None:
+def require_check(use: Use, *, wanted: bool | None = None) -> MachineCheck | None:
     """A use on a machine whose type wants a check after use has closed: open a check, once per use.
 
+    ``wanted``: the type's ``check_after_use`` when the caller already read it (the bridge), else read here.
     A replayed session that ended before the machine's latest confirmed check needs none: it was checked."""
-    if use.ended_at is None or not use.machine.type.check_after_use:
+    if use.ended_at is None:
+        return None
+    if wanted is None:
+        wanted = Machine.objects.filter(pk=use.machine_id, type__check_after_use=True).exists()
+    if not wanted:
         return None
     last = (
         MachineCheck.objects.filter(machine_id=use.machine_id, checked_at__isnull=False)

@@ -110,6 +110,21 @@ def check_access(
     return AccessDecision(True, level)
 
 
+def board_refusal(decision: AccessDecision, machine: Machine, *, due: bool | None = None) -> str | None:
+    """Why the board itself refuses a card that ``check_access`` allows (docs/protocol.md §2.2 steps 2–3, §9.3):
+    a blocked machine ("Blocked by admins", every level), or maintenance due below level 2 ("Blocked for
+    maintenance"). The reply stays "allowed" (the board decides, M5); the refusal is kept with this reason.
+    ``due``: whether a plan item is due, when the caller already read it. (A lock also shows as maintenance, but
+    ``check_access`` already refuses level 1 on a locked machine.)"""
+    if not decision.allowed:
+        return None
+    if machine.blocked:
+        return Refusal.BLOCKED
+    if decision.level < Level.STAFF and (bool(due_plans(machine)) if due is None else due):
+        return Refusal.MAINTENANCE_DUE
+    return None
+
+
 def may_use_filter(machine: Machine, *, member: str = "", now: datetime | None = None) -> Q:
     """``check_access`` as a database filter on members (``member``: the path to the member, e.g. "member__"), for
     lists that must be paged in SQL (the board's card cache). tests/test_access_rule.py proves the two agree on
@@ -242,10 +257,50 @@ def add_machine_seconds(machine_id: int, seconds: float, *, started_at: datetime
         )
 
 
-def close_use(use: Use, *, ended_at: datetime, last_seen: datetime | None = None) -> Use:
+def begin_use(
+    *,
+    member: Member,
+    machine_id: int,
+    started_at: datetime,
+    last_seen: datetime,
+    ended_at: datetime | None = None,
+    replay: bool = False,
+    **fields: Any,
+) -> Use:
+    """Record a use that opened at ``started_at`` (still open, or already closed at ``ended_at`` with no duration
+    yet: :func:`close_use` closes it). Every path that opens a use comes here, so the member's training that lapses
+    when unused counts again from this use (``safety.stamp_use``; a lapsed one is not revived)."""
+    from .safety import stamp_use
+
+    use = Use.objects.create(
+        member=member,
+        machine_id=machine_id,
+        started_at=started_at,
+        last_seen=last_seen,
+        ended_at=ended_at,
+        replay=replay,
+        **fields,
+    )
+    stamp_use(member.pk, machine_id, started_at)
+    return use
+
+
+def use_closed(use: Use, *, check_after_use: bool | None = None) -> None:
+    """What every closing of a use does besides the meter: a type that wants a check after use gets one, once per
+    use (``safety.require_check``; a duplicate or replayed close closes nothing, so it opens nothing).
+    ``check_after_use``: the type's flag when the caller already read it (the bridge), else read."""
+    from .safety import require_check
+
+    require_check(use, wanted=check_after_use)
+
+
+def close_use(
+    use: Use, *, ended_at: datetime, last_seen: datetime | None = None, check_after_use: bool | None = None
+) -> Use:
     """Close an open use and add its duration to the machine's hour meter, exactly once.
 
     A flagged use (its start was implausible) closes with duration 0: staff decide what it counts.
+    ``check_after_use``: the machine type's flag, when the caller already read it (see :func:`use_closed`).
     """
     duration = 0 if use.flag else max(0, round((ended_at - use.started_at).total_seconds()))
     updated = Use.objects.filter(pk=use.pk, ended_at__isnull=True).update(
@@ -255,10 +310,13 @@ def close_use(use: Use, *, ended_at: datetime, last_seen: datetime | None = None
         add_machine_seconds(use.machine_id, duration, started_at=use.started_at)
         use.ended_at, use.duration = ended_at, duration
         use.last_seen = last_seen or max(ended_at, use.last_seen)
+        use_closed(use, check_after_use=check_after_use)
     return use
 
 
-def close_flagged(use: Use, *, ended_at: datetime, verdict: Implausible, reported: int) -> Use:
+def close_flagged(
+    use: Use, *, ended_at: datetime, verdict: Implausible, reported: int, check_after_use: bool | None = None
+) -> Use:
     """Close an open use whose closing duration is implausible: on record, flagged, not on the meter."""
     updated = Use.objects.filter(pk=use.pk, ended_at__isnull=True).update(
         ended_at=ended_at,
@@ -271,6 +329,7 @@ def close_flagged(use: Use, *, ended_at: datetime, verdict: Implausible, reporte
     if updated:
         use.ended_at, use.duration, use.flag = ended_at, 0, verdict.flag
         use.reported_duration, use.plausible_max = reported, verdict.plausible_max
+        use_closed(use, check_after_use=check_after_use)
         logger.warning(
             "machine %s: use %s flagged, reported %s s (%s, plausible at most %s s)",
             use.machine_id,
@@ -288,7 +347,7 @@ def record_flagged_use(
     """A use whose reported duration cannot be true, recorded at ``at`` (open: someone is on the machine now; closed:
     a session reported after the fact) with duration 0: on record and shown to staff, on the meter only once they
     accept it."""
-    use = Use.objects.create(
+    use = begin_use(
         member=member,
         machine_id=machine_id,
         started_at=at,
@@ -300,6 +359,8 @@ def record_flagged_use(
         reported_duration=reported,
         plausible_max=verdict.plausible_max,
     )
+    if closed:
+        use_closed(use)
     logger.warning(
         "machine %s: use %s flagged, reported %s s (%s, plausible at most %s s)",
         machine_id,
@@ -390,6 +451,7 @@ def set_hour_meter(machine: Machine, hours: float) -> None:
 def correct_use(use: Use, *, started_at: datetime, ended_at: datetime | None) -> Use:
     """A staff correction of a use: it counts as corrected (a flag is cleared) and the meter is recounted."""
     use = Use.objects.select_for_update().get(pk=use.pk)
+    was_open = use.ended_at is None
     use.started_at = started_at
     use.ended_at = ended_at
     use.duration = max(0, round((ended_at - started_at).total_seconds())) if ended_at else None
@@ -398,6 +460,8 @@ def correct_use(use: Use, *, started_at: datetime, ended_at: datetime | None) ->
     use.flag, use.plausible_max = Use.Flag.NONE, None
     use.save(update_fields=["started_at", "ended_at", "duration", "last_seen", "flag", "plausible_max"])
     recount_machine(use.machine_id)
+    if was_open and ended_at is not None:  # staff ended an open use
+        use_closed(use)
     return use
 
 
@@ -432,10 +496,15 @@ def delete_use(use: Use) -> None:
 def register_use(*, member: Member, machine: Machine, started_at: datetime, ended_at: datetime) -> Use:
     """A use entered by staff after the fact (a board that never reported it): closed, and on the hour meter."""
     duration = max(0, round((ended_at - started_at).total_seconds()))
-    use = Use.objects.create(
-        member=member, machine=machine, started_at=started_at, ended_at=ended_at, last_seen=ended_at, duration=duration
+    use = begin_use(
+        member=member,
+        machine_id=machine.pk,
+        started_at=started_at,
+        ended_at=ended_at,
+        last_seen=ended_at,
+        duration=duration,
     )
-    recount_machine(machine.pk)
+    recount_machine(machine.pk)  # no check after use: staff who enter a past use know the machine's state
     return use
 
 

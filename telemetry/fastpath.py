@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from machines import services
+from machines import safety, services
 from machines.models import Authorization, FaultReport, Machine, MachineCheck, MachineType, MaintenancePlan, Use
 from members.models import Card, Member, Role
 
@@ -97,8 +97,14 @@ _A, _B = Authorization._meta.db_table, Board._meta.db_table
 _F, _K = FaultReport._meta.db_table, MachineCheck._meta.db_table
 
 
+# The two locks of machines/safety.py (``lock_reason``): an open out-of-order fault report, an open check after use.
+_LOCKS = f"""
+           EXISTS(SELECT 1 FROM {_F} f WHERE f.machine_id = m.id AND f.closed_at IS NULL AND f.severity = %s),
+           EXISTS(SELECT 1 FROM {_K} k WHERE k.machine_id = m.id AND k.checked_at IS NULL)"""
+
+
 _SQL_MACHINE = f"""
-    SELECT m.last_seen >= %s, m.name, m.blocked, m.hours, m.type_id, t.logoff_minutes, t.grace_minutes,
+    SELECT m.last_seen >= %s, m.name, m.blocked, m.hours, m.type_id, t.logoff_minutes, t.grace_minutes, {_LOCKS},
            p.hours_between, p.done_at_hours, p.lcd_message, p.description
     FROM {_M} m JOIN {_T} t ON t.id = m.type_id LEFT JOIN {_P} p ON p.machine_id = m.id
     WHERE m.id = %s ORDER BY p.id"""
@@ -108,9 +114,8 @@ _SQL_USER = f"""
     SELECT m.last_seen >= %s, m.blocked, t.requires_authorization,
            mem.id, mem.first_name, mem.disabled, mem.is_active, mem.deleted_at IS NOT NULL,
            r.authorize_all, r.maintenance,
-           a.id, a.expires_at,
-           EXISTS(SELECT 1 FROM {_F} f WHERE f.machine_id = m.id AND f.closed_at IS NULL AND f.severity = %s),
-           EXISTS(SELECT 1 FROM {_K} k WHERE k.machine_id = m.id AND k.checked_at IS NULL)
+           a.id, a.expires_at, {_LOCKS},
+           EXISTS(SELECT 1 FROM {_P} p WHERE p.machine_id = m.id AND p.hours_between < m.hours - p.done_at_hours)
     FROM {_M} m JOIN {_T} t ON t.id = m.type_id
     LEFT JOIN {_C} c ON c.uid = %s AND c.active
     LEFT JOIN {_MEM} mem ON mem.id = c.member_id
@@ -139,7 +144,7 @@ _SQL_OPEN_USE = f"""
 
 _SQL_MACHINE_ROW = f"""
     SELECT m.name, m.blocked, m.hours, m.last_seen, m.heard_live_at, m.type_id,
-           t.name, t.logoff_minutes, t.grace_minutes, t.requires_authorization
+           t.name, t.logoff_minutes, t.grace_minutes, t.requires_authorization, t.check_after_use
     FROM {_M} m JOIN {_T} t ON t.id = m.type_id WHERE m.id = %s"""
 _SQL_ALIVE = f"""
     SELECT m.last_seen >= %s, b.firmware FROM {_M} m LEFT JOIN {_B} b ON b.machine_id = m.id WHERE m.id = %s"""
@@ -156,26 +161,47 @@ def _online_since(now: datetime) -> object:
 
 
 def _fast_check_machine(machine_id: int, request: p.CheckMachine, now: datetime) -> Outcome | None:
-    rows = _fetch(_SQL_MACHINE, [_online_since(now), machine_id])
+    rows = _fetch(_SQL_MACHINE, [_online_since(now), FaultReport.Severity.OUT_OF_ORDER, machine_id])
     if not rows or not rows[0][0]:
         return None  # unknown, or coming online: the transactional path
-    _online, name, blocked, hours, type_id, logoff, grace = rows[0][:7]
+    _online, name, blocked, hours, type_id, logoff, grace, fault, check = rows[0][:9]
     plans = [
         MaintenancePlan(hours_between=every, done_at_hours=done, lcd_message=lcd or "", description=text or "")
         for *_, every, done, lcd, text in rows
         if every is not None
     ]
-    due, message = services.maintenance_status(Machine(id=machine_id, hours=hours), plans)
     return Outcome(
-        p.machine_reply(
-            name=name,
-            maintenance=due,
-            allowed=not blocked,
-            logoff=logoff,
-            type_id=type_id,
-            grace=grace,
-            description=message,
+        machine_reply(
+            Machine(id=machine_id, name=name, blocked=bool(blocked), hours=hours, type_id=type_id),
+            MachineType(id=type_id, logoff_minutes=logoff, grace_minutes=grace),
+            plans,
+            lock=_lock(fault, check),
         )
+    )
+
+
+def _lock(fault: object, check: object) -> str | None:
+    """``safety.lock_reason`` from the query's two EXISTS columns (a fault comes first)."""
+    return services.Refusal.FAULT if fault else services.Refusal.TO_CHECK if check else None
+
+
+def machine_reply(
+    machine: Machine, kind: MachineType, plans: list[MaintenancePlan] | None, *, lock: str | None
+) -> p.Reply:
+    """The ``checkmachine`` reply (docs/protocol.md §2.1, §9.2): a lock (fault, check after use) shows as
+    maintenance with its own message, which takes precedence over a due plan's, so the board itself keeps level 1
+    out and asks level 2 for the 10-second hold; ``allowed`` stays "not blocked"."""
+    due, message = services.maintenance_status(machine, plans)
+    if lock:
+        due, message = True, safety.lock_message(lock)
+    return p.machine_reply(
+        name=machine.name,
+        maintenance=due,
+        allowed=not machine.blocked,
+        logoff=kind.logoff_minutes,
+        type_id=machine.type_id,
+        grace=kind.grace_minutes,
+        description=message,
     )
 
 
@@ -186,7 +212,7 @@ def _fast_check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Ou
     if not rows or not rows[0][0] or rows[0][3] is None:
         return None  # unknown machine or card (recorded for registration), or coming online
     (_online, blocked, needs_auth, member_id, first_name, disabled, active, deleted, everything, maint, auth_id,
-     expires, fault, check) = rows[0]  # fmt: skip
+     expires, fault, check, due) = rows[0]  # fmt: skip
     member = Member(
         id=member_id,
         first_name=first_name,
@@ -197,10 +223,9 @@ def _fast_check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Ou
     )
     machine = Machine(id=machine_id, blocked=bool(blocked), type=MachineType(requires_authorization=bool(needs_auth)))
     authorization = Authorization(expires_at=_dt(expires) if expires else None) if auth_id else None
-    lock = services.Refusal.FAULT if fault else services.Refusal.TO_CHECK if check else None
-    decision = services.check_access(member, machine, authorization=authorization, lock=lock, now=now)
-    if not decision.allowed:
-        return None
+    decision = services.check_access(member, machine, authorization=authorization, lock=_lock(fault, check), now=now)
+    if not decision.allowed or services.board_refusal(decision, machine, due=bool(due)):
+        return None  # refused here or by the board itself: recorded with its reason
     return Outcome(user_reply(member, decision))
 
 
@@ -370,9 +395,14 @@ def machine_of(machine_id: int) -> Machine:
     rows = _fetch(_SQL_MACHINE_ROW, [machine_id])
     if not rows:
         raise Machine.DoesNotExist(f"machine {machine_id}")
-    name, blocked, hours, last_seen, heard_live_at, type_id, type_name, logoff, grace, needs_auth = rows[0]
+    name, blocked, hours, last_seen, heard_live_at, type_id, type_name, logoff, grace, needs_auth, check = rows[0]
     kind = MachineType(
-        id=type_id, name=type_name, logoff_minutes=logoff, grace_minutes=grace, requires_authorization=bool(needs_auth)
+        id=type_id,
+        name=type_name,
+        logoff_minutes=logoff,
+        grace_minutes=grace,
+        requires_authorization=bool(needs_auth),
+        check_after_use=bool(check),
     )
     return Machine(
         id=machine_id,

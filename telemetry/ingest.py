@@ -26,7 +26,16 @@ from machines.models import Machine
 from members.models import Card, UnknownCard
 
 from . import protocol as p
-from .fastpath import FAST, card_member, drop_broken_connection, flush_heartbeats, machine_of, stamps, user_reply
+from .fastpath import (
+    FAST,
+    card_member,
+    drop_broken_connection,
+    flush_heartbeats,
+    machine_of,
+    machine_reply,
+    stamps,
+    user_reply,
+)
 from .models import Board
 from .outcome import Outcome
 from .sessions import in_use, start_use, stop_use
@@ -123,36 +132,32 @@ def _touch(machine_id: int, now: datetime, *, live: bool = False) -> bool | None
 
 def _check_machine(machine_id: int, request: p.CheckMachine, now: datetime) -> Outcome:
     machine = machine_of(machine_id)
-    due, message = services.maintenance_status(machine)
-    return Outcome(
-        p.machine_reply(
-            name=machine.name,
-            maintenance=due,
-            allowed=not machine.blocked,
-            logoff=machine.type.logoff_minutes,
-            type_id=machine.type_id,
-            grace=machine.type.grace_minutes,
-            description=message,
-        )
-    )
+    return Outcome(machine_reply(machine, machine.type, None, lock=safety.lock_reason(machine_id)))
 
 
 def _check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Outcome:
+    """The card's decision; a refusal (by the backend, or by the board itself on an allowed card: blocked machine,
+    maintenance due) is kept with its reason; an armed sign-off trains a card refused for want of a valid
+    authorization, on this swipe (docs/protocol.md §9)."""
     member = card_member(request.uid)
     if member is None:
         if request.uid != p.NO_CARD and not Card.objects.filter(uid=request.uid).exists():
             _note_unknown_card(request.uid, machine_id, now)  # for registration
-        if request.uid != p.NO_CARD:
-            safety.record_refusal(machine_id, services.Refusal.UNKNOWN_CARD, uid=request.uid, now=now)
-        return Outcome(p.user_reply(is_valid=False, name="Unknown", level=0))
+        recorded = request.uid != p.NO_CARD and safety.record_refusal(
+            machine_id, services.Refusal.UNKNOWN_CARD, uid=request.uid, now=now
+        )
+        return Outcome(p.user_reply(is_valid=False, name="Unknown", level=0), changed=recorded)
     machine = machine_of(machine_id)
     decision = services.check_access(member, machine, now=now)
+    trained = False
     if decision.refusal in (services.Refusal.NOT_AUTHORIZED, services.Refusal.EXPIRED):
         if safety.sign_off(machine, member, now) is not None:  # a trainer armed this machine: trained on this swipe
-            return Outcome(user_reply(member, services.check_access(member, machine, now=now)), changed=True)
-    if decision.refusal:
-        safety.record_refusal(machine_id, decision.refusal, member_id=member.pk, uid=request.uid, now=now)
-    return Outcome(user_reply(member, decision))
+            decision, trained = services.check_access(member, machine, now=now), True
+    refusal = decision.refusal or services.board_refusal(decision, machine)
+    recorded = refusal is not None and safety.record_refusal(
+        machine_id, refusal, member_id=member.pk, uid=request.uid, now=now
+    )
+    return Outcome(user_reply(member, decision), changed=trained or recorded)  # the dashboard shows refusals
 
 
 def _note_unknown_card(uid: str, machine_id: int, now: datetime) -> None:
@@ -167,17 +172,20 @@ def _note_unknown_card(uid: str, machine_id: int, now: datetime) -> None:
 
 
 def _maintenance(machine_id: int, request: p.Maintenance, now: datetime) -> Outcome:
+    """The 10-second hold of a level-2 card: records the due plan items and, live, closes the machine's locks (its
+    fault reports and checks after use; a replay never does: the hold happened at an unknown time). §2.6, §9.5."""
     member = card_member(request.uid)
     if member is None:
         return Outcome(p.simple_reply(False, "Wrong user card"))
     if not services.may_record_maintenance(member):
         return Outcome(p.simple_reply(False, "Not authorized"))
     machine = Machine.objects.get(pk=machine_id)
+    closed = safety.close_locks_at_machine(machine, member, replay=request.replay, now=now)
     due = services.due_plans(machine)
-    if not due:
-        return Outcome(p.simple_reply(True))  # nothing due: a duplicate or replay records nothing
-    services.record_interventions(machine=machine, member=member, plans=due, replay=request.replay, when=now)
-    return Outcome(p.simple_reply(True), changed=True)
+    if due:
+        services.record_interventions(machine=machine, member=member, plans=due, replay=request.replay, when=now)
+    # Nothing due and nothing closed (a duplicate, a replay of one already recorded): request_ok true, nothing more.
+    return Outcome(p.simple_reply(True), changed=closed or bool(due))
 
 
 def _alive(machine_id: int, request: p.Alive, now: datetime) -> Outcome:

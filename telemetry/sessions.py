@@ -22,6 +22,10 @@ README's bridge section lists them):
   who are merely not authorized (an offline whitelist or cache login) are recorded: the machine ran.
 - An open use silent for more than ``ORPHAN_SECONDS`` is closed at its last heartbeat + 1 s (S19) by
   :func:`close_orphans`, which the bridge runs periodically.
+- Uses are opened by ``services.begin_use`` (the member's training counts from the use, ``safety.stamp_use``) and
+  closed by ``services.close_use`` / ``close_flagged`` (a type with a check after use gets one, once per use,
+  ``safety.require_check``): copies and duplicates open and close nothing, so they stamp and check nothing either
+  (docs/protocol.md §9.4, §9.6).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def start_use(machine_id: int, request: p.StartUse, now: datetime) -> Outcome:
     if current is not None:
         # Another member's use is still open: the board rebooted without a stopuse (S18).
         services.close_use(current, ended_at=current.last_seen)
-    Use.objects.create(member=member, machine_id=machine_id, started_at=now, last_seen=now)
+    services.begin_use(member=member, machine_id=machine_id, started_at=now, last_seen=now)
     return Outcome(p.simple_reply(True), changed=True)
 
 
@@ -96,7 +100,7 @@ def in_use(machine_id: int, request: p.InUse, now: datetime) -> Outcome:
         start = now - timedelta(seconds=request.duration)
         if previous_end is not None and start < previous_end:  # within the slack: never overlap the previous use
             start = min(previous_end, now)
-        Use.objects.create(member=member, machine_id=machine_id, started_at=start, last_seen=now)
+        services.begin_use(member=member, machine_id=machine_id, started_at=start, last_seen=now)
         return Outcome(p.simple_reply(True, "inUse"), changed=True)
     # Someone is on the machine, but not since when the board says: opened now, flagged for staff.
     services.record_flagged_use(
@@ -152,13 +156,17 @@ def _close_open(machine_id: int, use: Use, request: p.StopUse, now: datetime, do
     if use.flag or verdict is not None:
         if verdict is None:  # opened flagged (its start was implausible): it stays for staff to decide
             verdict = services.Implausible(Use.Flag(use.flag), int((now - use.started_at).total_seconds()))
-        services.close_flagged(use, ended_at=now, verdict=verdict, reported=request.duration)
+        services.close_flagged(
+            use, ended_at=now, verdict=verdict, reported=request.duration, check_after_use=machine.type.check_after_use
+        )
         return Outcome(done, changed=True, note="flagged")
     end = use.started_at + timedelta(seconds=request.duration)
     if end > now:  # the board's clock ran a little ahead of ours (within the slack): the session ends now
         use.started_at, end = now - timedelta(seconds=request.duration), now
         Use.objects.filter(pk=use.pk).update(started_at=use.started_at)
-    services.close_use(use, ended_at=end, last_seen=max(now, use.last_seen))
+    services.close_use(
+        use, ended_at=end, last_seen=max(now, use.last_seen), check_after_use=machine.type.check_after_use
+    )
     return Outcome(done, changed=True)
 
 
@@ -197,10 +205,10 @@ def _record_session(machine_id: int, member: Member, request: p.StopUse, now: da
         )
         return Outcome(None, changed=True, note="flagged")
     start = now - timedelta(seconds=request.duration)
-    use = Use.objects.create(
+    use = services.begin_use(
         member=member, machine_id=machine_id, started_at=start, last_seen=now, replay=request.replay
     )
-    services.close_use(use, ended_at=now)
+    services.close_use(use, ended_at=now, check_after_use=machine.type.check_after_use)
     if _pack_back(run, start):
         services.recount_machine(machine_id)
     return Outcome(None, changed=True)

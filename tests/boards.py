@@ -114,3 +114,110 @@ def time_passes(seconds: float) -> None:
     Machine.objects.filter(heard_live_at__isnull=False).update(heard_live_at=F("heard_live_at") - delta)
     Use.objects.update(started_at=F("started_at") - delta, last_seen=F("last_seen") - delta)
     Use.objects.filter(ended_at__isnull=False).update(ended_at=F("ended_at") - delta)
+
+
+# --- A board that acts on the replies as the firmware does (docs/protocol.md §2.1, §2.2, §3.4) --------------------
+
+# The JSON type of every field the firmware reads, per reply (bool is checked apart from int: True is an int too).
+REPLY_TYPES: dict[str, dict[str, type]] = {
+    "checkmachine": {
+        "request_ok": bool,
+        "is_valid": bool,
+        "maintenance": bool,
+        "allowed": bool,
+        "name": str,
+        "logoff": int,
+        "type": int,
+        "grace": int,
+        "description": str,
+    },
+    "checkuser": {"request_ok": bool, "is_valid": bool, "level": int, "name": str, "missing_auth": bool},
+    "startuse": {"request_ok": bool, "message": str},
+    "inuse": {"request_ok": bool, "message": str},
+    "stopuse": {"request_ok": bool, "message": str},
+    "maintenance": {"request_ok": bool, "message": str},
+}
+
+
+def check_reply_types(action: str, reply: dict[str, Any]) -> None:
+    """Every field the firmware reads is there, with its JSON type (a missing boolean would read as false, a
+    missing string as "null" on the LCD)."""
+    expected = REPLY_TYPES[action]
+    if action == "checkmachine" and reply.get("request_ok") is False:
+        expected = {"request_ok": bool, "message": str}
+    for field, kind in expected.items():
+        assert field in reply, f"{action} reply lacks {field}: {reply}"
+        value = reply[field]
+        assert isinstance(value, kind) and (kind is bool or not isinstance(value, bool)), (action, field, reply)
+        if isinstance(value, int):
+            assert 0 <= value <= 65535, (action, field, reply)
+
+
+class FirmwareBoard(SimBoard):
+    """A simulated board that keeps the state the firmware keeps and decides at the card reader as it does.
+
+    State: the last valid ``checkmachine`` reply (boot defaults until then: allowed, no maintenance, M18) and the
+    session in progress. :meth:`swipe` is the firmware's login: ``checkuser``; refused → "Unknown card"; allowed but
+    the machine not allowed → "Blocked by admins"; maintenance and level < 2 → "Blocked for maintenance"; level 2
+    with maintenance → the 10-second hold (``maintenance``) when ``hold``; then ``startuse``; and about 1 s after
+    every swipe on a free machine, ``checkmachine``. One request in flight, a 2 s deadline, exactly one reply each
+    (:meth:`SimBoard.ask`), and the reply fields' types checked.
+    """
+
+    def __init__(self, port: int, machine_id: int, topic: str = "machine") -> None:
+        super().__init__(port, machine_id, topic)
+        self.allowed, self.maintenance, self.description = True, False, ""  # boot defaults
+        self.user: str | None = None
+        self.level = 0
+
+    def request(self, payload: dict[str, Any]) -> dict[str, Any]:
+        reply = self.ask(payload)
+        check_reply_types(str(payload["action"]), reply)
+        return reply
+
+    def check_machine(self) -> dict[str, Any]:
+        reply = self.request({"action": "checkmachine"})
+        if reply["request_ok"] and reply["is_valid"]:
+            self.allowed, self.maintenance, self.description = (
+                reply["allowed"],
+                reply["maintenance"],
+                reply["description"],
+            )
+        return reply
+
+    def tick(self, duration: int = 30) -> None:
+        """The 30 s network task: ``checkmachine``, and ``inuse`` while someone is logged in."""
+        self.check_machine()
+        if self.user is not None:
+            assert self.request({"action": "inuse", "uid": self.user, "duration": duration})["request_ok"] is True
+
+    def swipe(self, uid: str, *, hold: bool = False) -> str:
+        """A card on the reader of a free machine; returns the LCD's first row."""
+        assert self.user is None, "the machine is busy: log out first"
+        reply = self.request({"action": "checkuser", "uid": uid})
+        assert reply["request_ok"] is True, reply  # request_ok false would send the board to its offline cache
+        level = reply["level"] if reply["is_valid"] else 0
+        if level == 0:
+            screen = "Unknown card"
+        elif not self.allowed:
+            screen = "Blocked by admins"
+        elif self.maintenance and level < 2:
+            screen = "Blocked for maintenance"
+        else:
+            screen = "Use started"
+            if self.maintenance and hold:
+                recorded = self.request({"action": "maintenance", "uid": uid})["request_ok"]
+                screen = "Maintenance recorded" if recorded else "Error"
+                if recorded:
+                    self.maintenance = False
+            assert self.request({"action": "startuse", "uid": uid})["request_ok"] is True
+            self.user, self.level = uid, level
+        self.check_machine()
+        return screen
+
+    def log_out(self, duration: int) -> dict[str, Any]:
+        """The same card again (or the auto-logoff): ``stopuse`` with the board's duration."""
+        assert self.user is not None, "nobody is logged in"
+        reply = self.request({"action": "stopuse", "uid": self.user, "duration": duration})
+        self.user, self.level = None, 0
+        return reply
