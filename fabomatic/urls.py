@@ -4,6 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from fabomatic.metrics import metrics_view
 from members.password_reset import RateLimitedPasswordResetView
 from members.views import member_report_view
 
@@ -31,4 +32,6 @@ urlpatterns = [
         name="fabomatic_member_report",
     ),
     path("admin/", admin.site.urls),
+    # Prometheus: to this machine's own clients or a bearer token only (README "Metrics, Grafana and alerts").
+    path("metrics", metrics_view, name="fabomatic_metrics"),
 ]
