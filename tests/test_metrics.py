@@ -4,6 +4,9 @@ started by scripts/web.sh), and who may read them: this machine's own clients, o
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -15,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_django import Settings
 
 from machines.models import Machine
 from telemetry import metrics
+from telemetry.models import Board
 from telemetry.mqtt import Bridge
 
 from .boards import SimBoard
@@ -386,3 +392,84 @@ def test_a_running_portal_refuses_a_remote_client_without_the_token(web: Any) ->
     assert status == 200 and "fabomatic_machines 2.0" in text
     samples = parse(text)
     assert value(samples, "fabomatic_http_requests_total", view="fabomatic_metrics", method="GET", status="4xx") == 2
+
+
+# --- deploy/: the alert rules, the scrape config and the Grafana dashboard ----------------------------------------
+
+DEPLOY = ROOT / "deploy"
+PROMTOOL = os.environ.get("PROMTOOL") or shutil.which("promtool")
+
+
+def referenced_metrics() -> dict[str, set[str]]:
+    """The fabomatic_* names each deploy file queries."""
+    alerts = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    dashboard = json.loads((DEPLOY / "grafana" / "fabomatic.json").read_text())
+    exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    return {
+        name: set(re.findall(r"\bfabomatic_[a-z0-9_]+", text))
+        for name, text in (("alerts", alerts), ("grafana", exprs))
+    }
+
+
+def test_the_alert_rules_say_what_the_issue_asks() -> None:
+    rules = {
+        rule["alert"]: rule
+        for group in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    for rule in rules.values():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    within = rules["FabomaticRepliesWithin2sLow"]["expr"]
+    assert 'within_2s="true"' in within and "[10m]" in within and "< 0.999" in within
+    assert "> 300" in rules["FabomaticBoardOffline"]["expr"]
+    assert "fabomatic_machine_last_seen_timestamp_seconds" in rules["FabomaticBoardOffline"]["expr"]
+    assert "fabomatic_machine_maintenance_overdue_plans" in rules["FabomaticMaintenanceOverdue"]["expr"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["fabomatic-bridge"]["static_configs"][0]["targets"] == ["127.0.0.1:23337"]
+    assert jobs["fabomatic-portal"]["scheme"] == "https"
+
+
+def test_the_grafana_dashboard_shows_what_the_issue_asks() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "fabomatic.json").read_text())
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    assert {"Replies within 2 s (10 min)", "Reply latency per action", "Queue length", "Boards online"} <= titles
+    assert {"Open uses", "Lowest free heap", "Portal latency per view (p95)"} <= titles
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource"]
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]
+
+
+@pytest.mark.django_db
+def test_every_metric_the_deploy_files_query_is_exported(lab: Lab, metrics_token: str, settings: Settings) -> None:
+    """A renamed metric would leave an alert that never fires: every name queried is in a real scrape."""
+    Board.objects.create(machine=lab.laser, free_heap=123456)
+    Machine.objects.filter(pk=1).update(last_seen=timezone.now(), hours=10.5)
+    bridge = Bridge(client_id=f"test-bridge-{uuid.uuid4().hex[:8]}")
+    registry = metrics.bridge_registry(bridge)
+    assert bridge.reply_metrics is not None
+    bridge.reply_metrics.observe("checkuser", 0.01, ok=False)
+    client = Client()
+    client.get("/admin/login/")
+    exported = {
+        sample.name
+        for text in (generate_latest(registry).decode(), client.get("/metrics").content.decode())
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    for source, names in referenced_metrics().items():
+        assert names and names <= exported, f"{source} queries {sorted(names - exported)}, not exported"
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus; see README)")
+def test_promtool_accepts_the_rules_and_the_config_and_the_alerts_fire_when_they_should() -> None:
+    assert PROMTOOL is not None
+    for args in (
+        ["check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+        ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+        ["test", "rules", str(ROOT / "tests" / "data" / "prometheus" / "alerts_test.yml")],
+    ):
+        run = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
