@@ -48,6 +48,9 @@ env = environ.FileAwareEnv(
     ORPHAN_SECONDS=(int, 3600),
     RETENTION_DAYS=(int, 365),
     UNKNOWN_CARD_RETENTION_DAYS=(int, 30),
+    TRAINING_REMINDER_DAYS=(int, 14),
+    REFUSAL_RETENTION_DAYS=(int, 90),
+    FAULT_REPORTS_PER_HOUR=(int, 5),
     LOG_LEVEL=(str, "INFO"),
     SECURE_SSL=(bool, True),
     CSRF_TRUSTED_ORIGINS=(list, []),
@@ -254,6 +257,10 @@ MQTT = {
 }
 # A machine is online when its board was heard from in the last ONLINE_SECONDS.
 ONLINE_SECONDS = env("ONLINE_SECONDS")
+# The lab's kiosk screens (machines/kiosk.py): the name in their header, and whether they show the first name of
+# whoever is on a machine (off: "In use" only).
+LAB_NAME = env.str("LAB_NAME", default="Fab-O-Matic")
+KIOSK_SHOW_NAMES = env.bool("KIOSK_SHOW_NAMES", default=True)
 # An open use silent for longer than this is closed at its last heartbeat by the bridge.
 ORPHAN_SECONDS = env("ORPHAN_SECONDS")
 # The bridge's worker threads (requests of one machine in order, machines in parallel), and how long after a request
@@ -277,6 +284,14 @@ if METRICS_TOKEN and len(METRICS_TOKEN) < 24:
 # --- GDPR -----------------------------------------------------------------------------------
 RETENTION_DAYS = env("RETENTION_DAYS")
 UNKNOWN_CARD_RETENTION_DAYS = env("UNKNOWN_CARD_RETENTION_DAYS")
+# Refused swipes (with their reason) are kept this long; closed fault reports and confirmed checks after use follow
+# RETENTION_DAYS.
+REFUSAL_RETENTION_DAYS = env("REFUSAL_RETENTION_DAYS")
+
+# --- Fault reports (machines/faults.py) -------------------------------------------------------
+# Public reports from one address (its keyed hash: the address is never stored) in an hour, beyond which the report
+# page answers 429. One machine takes at most 20 an hour whatever the addresses.
+FAULT_REPORTS_PER_HOUR = env("FAULT_REPORTS_PER_HOUR")
 
 # --- Audit trail (django-auditlog, operations/audit.py) -----------------------------------------------
 # Staff changes, with who, when and before/after, kept this long (manage.py purge deletes older entries).
@@ -289,15 +304,21 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     {"model": "members.member", "exclude_fields": ["password", "last_login"]},
     "members.role",
     "members.card",
-    {"model": "machines.machine", "exclude_fields": ["last_seen", "heard_live_at"]},
+    # The report code is a secret (the sticker's address): its change is recorded without its value.
+    {"model": "machines.machine", "exclude_fields": ["last_seen", "heard_live_at", "report_token"]},
     "machines.machinetype",
     {"model": "machines.maintenanceplan", "exclude_fields": ["done_at", "done_at_hours"]},
     "machines.authorization",
     {"model": "machines.use", "exclude_fields": ["last_seen"]},
     "machines.intervention",
+    {"model": "machines.kioskscreen", "exclude_fields": ["token_hash", "last_seen_at"]},
+    {"model": "machines.faultreport", "exclude_fields": ["source"]},
+    "machines.machinecheck",
 )
 
 # --- Mail -----------------------------------------------------------------------------------
+# manage.py send_training_reminders (daily): members are told this many days before a training of theirs lapses.
+TRAINING_REMINDER_DAYS = env("TRAINING_REMINDER_DAYS")
 if env("EMAIL_URL"):
     vars().update(env.email_url("EMAIL_URL"))
 elif DEBUG:

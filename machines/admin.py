@@ -36,12 +36,11 @@ from fabomatic.admin import (
     short_datetime,
 )
 from fabomatic.http import AuthenticatedHttpRequest, acting_member
-from members.filters import RoleFilter
 from operations import audit
 from operations.audited import AuditedAdmin
 from telemetry.credentials import issue_board_credentials
 
-from . import charts, confirm, history_search, services
+from . import charts, confirm, fault_admin, history_search, services
 from .dashboard import events
 from .filters import (
     MachineFilter,
@@ -54,6 +53,8 @@ from .filters import (
 from .forms import InterventionAddForm, UseAddForm, UseCorrectForm
 from .models import Authorization, Intervention, Machine, MachineType, MaintenancePlan, Use
 from .resources import InterventionResource, MachineResource, UseResource
+from .training_admin import MachineTrainingInline, TrainersFieldMixin
+from .training_forms import MachineTypeForm
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -117,9 +118,19 @@ class LiveUpdatesMixin:
 
 
 @admin.register(MachineType)
-class MachineTypeAdmin(AuditedAdmin, InUseDeleteMixin, admin.ModelAdmin):
+class MachineTypeAdmin(AuditedAdmin, TrainersFieldMixin, InUseDeleteMixin, admin.ModelAdmin):
     list_display = ["name", "logoff", "grace", "requires_authorization", "machine_count"]
     search_fields = ["name"]
+    form = MachineTypeForm
+    trainers_help = gettext_lazy(
+        "Staff who may grant, renew and sign off authorizations for every machine of this type (portal "
+        "administrators always may). Only members with portal access are listed."
+    )
+    fieldsets = [
+        (None, {"fields": ["name", "logoff_minutes", "grace_minutes", "requires_authorization"]}),
+        (gettext_lazy("Training and safety"), {"fields": ["training_expiry", "training_days", "check_after_use"]}),
+        (gettext_lazy("Trainers"), {"fields": ["trainers"]}),
+    ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[MachineType]:
         return super().get_queryset(request).annotate(n_machines=Count("machines"))
@@ -181,24 +192,6 @@ class MaintenancePlanInline(admin.TabularInline):
         )
 
 
-class MachineAuthorizationInline(admin.TabularInline):
-    model = Authorization
-    extra = 0
-    fields = ["member", "granted_at"]
-    readonly_fields = ["granted_at"]
-    autocomplete_fields = ["member"]
-    verbose_name_plural = gettext_lazy("authorized members")
-    add_another = gettext_lazy("Add another authorization")
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Authorization]:
-        return super().get_queryset(request).select_related("member", "machine")
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Granted rows are shown as text (revoke = delete, grant = add a row): an autocomplete widget per row cost
-        # two queries each, 90 for a machine 45 members may use.
-        return False
-
-
 def _board_inline() -> type[admin.StackedInline]:
     from telemetry.models import Board
 
@@ -218,7 +211,9 @@ def _board_inline() -> type[admin.StackedInline]:
 
 
 @admin.register(Machine)
-class MachineAdmin(AuditedAdmin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin):
+class MachineAdmin(
+    AuditedAdmin, TrainersFieldMixin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportMixin, admin.ModelAdmin
+):
     machine_field = None
     resource_classes = [MachineResource]
     show_change_form_export = False
@@ -240,7 +235,7 @@ class MachineAdmin(AuditedAdmin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportM
     list_select_related = ["type", "board"]
     list_per_page = 50  # each row draws badges and a 12-week chart row: 100 rows cost ~200 ms at 1,000 machines
     search_fields = ["name", "=id"]
-    inlines = [MaintenancePlanInline, MachineAuthorizationInline, _board_inline()]
+    inlines = [MaintenancePlanInline, MachineTrainingInline, _board_inline()]
     fieldsets = [
         (None, {"fields": ["id", "name", "type", "blocked"]}),
         (
@@ -253,6 +248,7 @@ class MachineAdmin(AuditedAdmin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportM
                 "classes": ["collapse"],
             },
         ),
+        (gettext_lazy("Trainers"), {"fields": ["trainers"], "classes": ["collapse"]}),
     ]
     actions = ["block", "unblock", issue_board_credentials, "export_admin_action", "delete_selected"]
 
@@ -267,7 +263,7 @@ class MachineAdmin(AuditedAdmin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportM
 
     def get_readonly_fields(self, request: HttpRequest, obj: Machine | None = None) -> list[str]:
         # The id is what the board is configured with: set once.
-        return ["id"] if obj is not None else []
+        return [*super().get_readonly_fields(request, obj), *(["id"] if obj is not None else [])]
 
     @admin.display(description=gettext_lazy("hour meter"), ordering="hours")
     def hour_meter(self, machine: Machine) -> str:
@@ -370,6 +366,7 @@ class MachineAdmin(AuditedAdmin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportM
                 weekly_chart=charts.bar_chart(
                     charts.weekly_hours(Q(machine=machine)), title=_("Hours of use per week"), period=_("Week of")
                 ),
+                **fault_admin.machine_context(request, machine),  # faults, check after use, refusals, sticker
             )
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -385,6 +382,7 @@ class MachineAdmin(AuditedAdmin, AddAnotherMixin, LiveUpdatesMixin, ExcelExportM
                 self.admin_site.admin_view(self.record_view),
                 name="machines_machine_record",
             ),
+            *fault_admin.machine_urls(self),
         ]
         return urls + super().get_urls()
 
@@ -459,17 +457,6 @@ class MaintenancePlanAdmin(AuditedAdmin, LiveUpdatesMixin, admin.ModelAdmin):
         return confirm.record_maintenance(
             self, request, plans, hidden=hidden, cancel_url=reverse("admin:machines_maintenanceplan_changelist")
         )
-
-
-@admin.register(Authorization)
-class AuthorizationAdmin(AuditedAdmin, admin.ModelAdmin):
-    list_display = ["member", "machine", "granted_at"]
-    list_filter = [MachineFilter, ("member__role", RoleFilter)]
-    list_select_related = ["member", "machine"]
-    search_fields = ["member__first_name", "member__last_name", "member__email", "machine__name"]
-    autocomplete_fields = ["member", "machine"]
-    fields = ["member", "machine", "granted_at"]
-    readonly_fields = ["granted_at"]
 
 
 # --- history: uses and interventions ---------------------------------------------------------------
@@ -665,3 +652,6 @@ class InterventionAdmin(LiveUpdatesMixin, HistoryAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Intervention]) -> None:
         for intervention in queryset:
             services.delete_intervention(intervention)
+
+
+from . import kiosk_admin  # noqa: E402, F401  (the kiosk screens' pages register themselves)

@@ -110,7 +110,11 @@ def renew(authorizations: QuerySet[Authorization], *, by: Member | None, now: da
     for authorization in authorizations.select_related("machine__type"):
         on_date = None
         if authorization.expiry == Expiry.ON_DATE and authorization.expires_at:
-            on_date = (now + (authorization.expires_at - authorization.granted_at)).date() - timedelta(days=1)
+            # As many whole days as it had, counted in the lab's calendar (expires_at is the midnight after its day).
+            span = timezone.localdate(authorization.expires_at - timedelta(microseconds=1)) - timezone.localdate(
+                authorization.granted_at
+            )
+            on_date = timezone.localdate(now) + span
         grant(
             authorization.member,
             authorization.machine,

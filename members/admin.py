@@ -20,8 +20,9 @@ from django.utils.translation import gettext_lazy, gettext_noop, ngettext
 
 from fabomatic.admin import AddAnotherMixin, ExcelExportMixin, InUseDeleteMixin, badge, format_seconds
 from fabomatic.http import acting_member
-from machines import charts
-from machines.models import Authorization, Use
+from machines import charts, fault_admin, safety
+from machines.models import Use
+from machines.training_admin import MemberTrainingInline
 from operations import audit
 from operations.audited import AuditedAdmin
 
@@ -134,23 +135,6 @@ class CardInline(admin.TabularInline):
     add_another = gettext_lazy("Add another card")
 
 
-class AuthorizationInline(admin.TabularInline):
-    model = Authorization
-    fk_name = "member"  # trained_by also points to a member
-    extra = 0
-    fields = ["machine", "granted_at"]
-    readonly_fields = ["granted_at"]
-    autocomplete_fields = ["machine"]
-    verbose_name_plural = gettext_lazy("authorized machines")
-    add_another = gettext_lazy("Add another authorization")
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Authorization]:
-        return super().get_queryset(request).select_related("machine", "member")
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # granted rows as text, an autocomplete for new ones (see MachineAuthorizationInline)
-
-
 class StatusFilter(admin.SimpleListFilter):
     """Erased members (tombstones of GDPR erasures) are hidden unless asked for."""
 
@@ -227,13 +211,13 @@ class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
     search_fields = ["first_name", "last_name", "email", "cards__uid"]
     search_help_text = gettext_lazy("Name, surname, e-mail or card UID")
     ordering = ["first_name", "last_name"]
-    inlines = [CardInline, AuthorizationInline]
+    inlines = [CardInline, MemberTrainingInline]
     actions = ["grant_revoke_machines", "send_password_email", "export_admin_action", "delete_selected"]
     readonly_fields = ["last_login", "date_joined", "deleted_at"]
     fieldsets = [
         (None, {"fields": ["first_name", "last_name", "email", "role"]}),
         (gettext_lazy("Machines"), {"fields": ["disabled"]}),
-        (gettext_lazy("E-mail"), {"fields": ["receive_weekly_summary"]}),
+        (gettext_lazy("E-mail"), {"fields": ["receive_weekly_summary", "training_reminders", "language"]}),
         (
             gettext_lazy("Portal access"),
             {
@@ -249,7 +233,7 @@ class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
     add_fieldsets = [
         (None, {"fields": ["first_name", "last_name", "email", "role"]}),
         (gettext_lazy("Machines"), {"fields": ["disabled"]}),
-        (gettext_lazy("E-mail"), {"fields": ["receive_weekly_summary"]}),
+        (gettext_lazy("E-mail"), {"fields": ["receive_weekly_summary", "training_reminders", "language"]}),
         (
             gettext_lazy("Portal access"),
             {
@@ -379,6 +363,7 @@ class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
                 usage_chart=charts.bar_chart(
                     charts.monthly_hours(Q(member=member)), title=_("Hours per month"), period=_("Month")
                 ),
+                **fault_admin.member_context(member),  # the latest refused swipes
             )
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -406,12 +391,16 @@ class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
     @admin.action(description=gettext_lazy("Grant/revoke machines…"), permissions=["change"])
     def grant_revoke_machines(self, request: HttpRequest, queryset: QuerySet[Member]) -> HttpResponse | None:
         members = list(queryset.filter(deleted_at__isnull=True))
-        form = BulkAuthorizationForm(request.POST if "apply" in request.POST else None)
+        staff = acting_member(request)
+        # Only the machines the staff member trains are offered, and accepted (a forged POST is an invalid choice).
+        form = BulkAuthorizationForm(request.POST if "apply" in request.POST else None, trainer=staff)
         if form.is_bound and form.is_valid():
             machines = list(form.cleaned_data["machines"])
+            names = ", ".join(m.name for m in machines)
             if form.cleaned_data["operation"] == BulkAuthorizationForm.GRANT:
-                services.grant_authorizations(members=members, machines=machines)
-                names = ", ".join(m.name for m in machines)
+                created = services.grant_authorizations(
+                    members=members, machines=machines, by=staff, rule=form.training_rule()
+                )
                 audit.record_many(
                     members,
                     message=gettext_noop("Granted machines: %(machines)s"),
@@ -422,10 +411,21 @@ class MemberAdmin(AuditedAdmin, AddAnotherMixin, ExcelExportMixin, UserAdmin):
                     "machines": len(machines),
                     "members": len(members),
                 }
+                if created < len(machines) * len(members):
+                    text += " " + _("Existing authorizations were kept as they were (renew them from the list).")
             else:
                 deleted = services.revoke_authorizations(members=members, machines=machines)
+                audit.record_many(
+                    members,
+                    message=gettext_noop("Revoked machines: %(machines)s"),
+                    params={"machines": names},
+                    changes={"machines": [names, ""]},
+                )
                 text = _("%(count)d authorization(s) revoked.") % {"count": deleted}
             self.message_user(request, text, messages.SUCCESS)
+            return None
+        if not safety.trainable_machines(staff).exists():
+            self.message_user(request, _("You are not a trainer of any machine."), messages.WARNING)
             return None
         context = {
             **self.admin_site.each_context(request),

@@ -1,8 +1,12 @@
 """Portal permissions from the member's role, so that nobody has to tick Django permissions by hand.
 
 * ``backend_admin`` roles: every permission.
-* ``maintenance`` roles: view everything; add and change interventions and maintenance plans; nothing on members.
+* ``maintenance`` roles: view everything; add and change interventions and maintenance plans; file and close fault
+  reports and confirm checks after use (what their card already does at the machine with the 10-second hold);
+  nothing on members.
 * any other staff member: view only.
+* trainers of a machine or a machine type (any role): also add and delete authorizations; which machines they may
+  grant, renew or remove is decided per machine by ``machines.safety.may_train``.
 * superusers keep everything (Django's own rule, before any backend is asked).
 
 Permissions ticked by hand on a member or a group still work (``ModelBackend`` stays in the list); this backend
@@ -23,7 +27,12 @@ MAINTENANCE_EDITS = {
     "machines.change_intervention",
     "machines.add_maintenanceplan",
     "machines.change_maintenanceplan",
+    # The portal twin of the 10-second hold, which these roles (the board's level 2) already have at the machine.
+    "machines.add_faultreport",
+    "machines.change_faultreport",
+    "machines.change_machinecheck",
 }
+TRAINER_EDITS = {"machines.add_authorization", "machines.delete_authorization"}
 _CACHE = "_fabomatic_role_perm_cache"
 
 
@@ -43,9 +52,10 @@ def role_permissions(user: Any) -> set[str]:
     views = _perm_names(
         Permission.objects.filter(content_type__app_label__in=PORTAL_APPS, codename__startswith="view_")
     )
-    if role.maintenance:
-        return views | MAINTENANCE_EDITS
-    return views
+    perms = views | MAINTENANCE_EDITS if role.maintenance else views
+    if user.trains_machines.exists() or user.trains_types.exists():
+        perms |= TRAINER_EDITS
+    return perms
 
 
 class RoleBackend(BaseBackend):

@@ -8,7 +8,9 @@ from django import forms
 from django.contrib.auth.forms import PasswordResetForm, UserChangeForm
 from django.utils.translation import gettext_lazy as _
 
+from machines import safety
 from machines.models import Machine
+from machines.training_forms import RuleFields
 
 from .models import Card, Member, Role, normalize_uid
 
@@ -50,7 +52,17 @@ class MemberAddForm(forms.ModelForm):
 
     class Meta:
         model = Member
-        fields = ["first_name", "last_name", "email", "role", "disabled", "receive_weekly_summary", "is_staff"]
+        fields = [
+            "first_name",
+            "last_name",
+            "email",
+            "role",
+            "disabled",
+            "receive_weekly_summary",
+            "training_reminders",
+            "language",
+            "is_staff",
+        ]
         field_classes = {"role": RoleChoiceField}
 
     def save(self, commit: bool = True) -> Member:
@@ -87,7 +99,10 @@ class _MachineChoiceField(forms.ModelMultipleChoiceField):
         return f"{obj.name} ({obj.type})"
 
 
-class BulkAuthorizationForm(forms.Form):
+class BulkAuthorizationForm(RuleFields):
+    """Grant or revoke machines for several members: only the machines ``trainer`` may train are offered and
+    accepted; new authorizations take the chosen expiry (the machine type's by default)."""
+
     GRANT = "grant"
     REVOKE = "revoke"
 
@@ -102,3 +117,9 @@ class BulkAuthorizationForm(forms.Form):
         queryset=Machine.objects.select_related("type").order_by("name"),
         widget=forms.CheckboxSelectMultiple,
     )
+
+    def __init__(self, *args: object, trainer: Member, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        field = self.fields["machines"]
+        assert isinstance(field, forms.ModelMultipleChoiceField)
+        field.queryset = safety.trainable_machines(trainer).select_related("type").order_by("name")

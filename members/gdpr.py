@@ -2,7 +2,8 @@
 
 * History (uses and interventions) older than ``RETENTION_DAYS`` moves to the anonymous member: machine hours
   and the maintenance history stay intact, only the link to the person goes.
-* Unrecognised card swipes older than ``UNKNOWN_CARD_RETENTION_DAYS`` are deleted.
+* Unrecognised card swipes older than ``UNKNOWN_CARD_RETENTION_DAYS`` are deleted, refused swipes older than
+  ``REFUSAL_RETENTION_DAYS``, closed fault reports and confirmed checks after use older than ``RETENTION_DAYS``.
 * Members soft-deleted (``deleted_at``) longer ago than ``RETENTION_DAYS`` are erased.
 * Erasure on request (deleting a member in the portal) anonymises everything about the person at once.
 * The admin's history (``django_admin_log``) names people, their cards and authorizations ("Added card
@@ -36,7 +37,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.translation import gettext_noop
 
-from machines.models import Authorization, Intervention, Use
+from machines.models import Authorization, FaultReport, Intervention, MachineCheck, Refusal, Use
 from operations import audit
 
 from .models import Card, Member, UnknownCard
@@ -60,6 +61,9 @@ class PurgeResult:
     login_records: int = 0
     admin_history: int = 0
     audit_entries: int = 0
+    refusals: int = 0
+    fault_reports: int = 0
+    checks: int = 0
     cutoffs: dict[str, datetime] = field(default_factory=dict)
 
     @property
@@ -72,6 +76,9 @@ class PurgeResult:
             + self.login_records
             + self.admin_history
             + self.audit_entries
+            + self.refusals
+            + self.fault_reports
+            + self.checks
         )
 
     def summary(self) -> str:
@@ -80,7 +87,8 @@ class PurgeResult:
             f"{verb}: {self.uses} uses and {self.interventions} interventions anonymised, "
             f"{self.unknown_cards} unknown cards deleted, {self.members} members erased, "
             f"{self.login_records} login records, {self.admin_history} admin history entries and "
-            f"{self.audit_entries} audit entries deleted."
+            f"{self.audit_entries} audit entries, {self.refusals} refusals, {self.fault_reports} closed fault reports "
+            f"and {self.checks} confirmed checks deleted."
         )
 
 
@@ -195,6 +203,9 @@ def erase_member(member: Member, *, now: datetime | None = None) -> None:
         Use.objects.filter(member=member).update(member=anonymous)
         Intervention.objects.filter(member=member).update(member=anonymous)
         Authorization.objects.filter(member=member).delete()
+        Refusal.objects.filter(member=member).delete()  # their refused swipes name them and their card
+        # Reports they filed from the portal carry their name (machines/fault_admin.py).
+        FaultReport.objects.filter(reporter__in=[i for i in identifiers[:2] if i]).update(reporter="")
         Card.objects.filter(member=member).delete()
         member.first_name = ERASED_NAME
         member.last_name = ""
@@ -229,6 +240,7 @@ def _needs_erasure() -> Q:
         | Exists(Authorization.objects.filter(member=OuterRef("pk")))
         | Exists(Use.objects.filter(member=OuterRef("pk")))
         | Exists(Intervention.objects.filter(member=OuterRef("pk")))
+        | Q(Exists(Refusal.objects.filter(member=OuterRef("pk"))))
     )
 
 
@@ -285,6 +297,30 @@ def _rename_anonymised_uses(anonymous: Member) -> None:
     LogEntry.objects.bulk_update(changed, ["object_repr"], batch_size=500)
 
 
+def _purge_safety_records(result: PurgeResult, now: datetime, history_cutoff: datetime, common: _BatchOptions) -> None:
+    """Refused swipes after ``REFUSAL_RETENTION_DAYS``; closed fault reports and confirmed checks after use with the
+    history (``RETENTION_DAYS``). Open ones are kept whatever their age: they still lock their machine."""
+    result.cutoffs["refusals"] = now - timedelta(days=settings.REFUSAL_RETENTION_DAYS)
+    result.refusals = _batched(
+        Refusal.objects.filter(at__lt=result.cutoffs["refusals"]),
+        lambda qs: qs.delete()[0],
+        step="refusals",
+        **common,
+    )
+    result.fault_reports = _batched(
+        FaultReport.objects.filter(closed_at__lt=history_cutoff),
+        _delete_rows_of(FaultReport),
+        step="fault reports",
+        **common,
+    )
+    result.checks = _batched(
+        MachineCheck.objects.filter(checked_at__lt=history_cutoff),
+        _delete_rows_of(MachineCheck),
+        step="checks after use",
+        **common,
+    )
+
+
 def purge(
     *,
     now: datetime | None = None,
@@ -336,6 +372,7 @@ def purge(
         _rename_anonymised_uses(anonymous)
         audit.follow_anonymisation(Use, anonymous)
         audit.follow_anonymisation(Intervention, anonymous)
+    _purge_safety_records(result, now, history_cutoff, common)
     # The admin's history names people and cards: same retention as the history.
     result.admin_history = _batched(
         LogEntry.objects.filter(action_time__lt=history_cutoff),

@@ -11,7 +11,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db.models import Count, Max, Min, Sum
 
-from machines.models import Authorization, Intervention, Use
+from machines.models import Authorization, Intervention, Refusal, Use
 
 from .models import Card, Member
 
@@ -35,6 +35,8 @@ class MemberReport:
     by_machine: list[MachineUsage] = field(default_factory=list)
     intervention_count: int = 0
     last_intervention: datetime | None = None
+    refusal_count: int = 0  # refused swipes, kept REFUSAL_RETENTION_DAYS
+    last_refusal: datetime | None = None
     retention_days: int = 365
 
 
@@ -48,10 +50,11 @@ def member_report(member: Member) -> MemberReport:
         .order_by("-seconds", "machine__name")
     )
     interventions = Intervention.objects.filter(member=member).aggregate(n=Count("pk"), last=Max("performed_at"))
+    refusals = Refusal.objects.filter(member=member).aggregate(n=Count("pk"), last=Max("at"))
     return MemberReport(
         member=member,
         cards=list(member.cards.order_by("-created_at")),
-        authorizations=list(member.authorizations.select_related("machine").order_by("machine__name")),
+        authorizations=list(member.authorizations.select_related("machine", "trained_by").order_by("machine__name")),
         use_count=totals["n"],
         total_seconds=totals["seconds"] or 0,
         first_use=totals["first"],
@@ -59,5 +62,7 @@ def member_report(member: Member) -> MemberReport:
         by_machine=[MachineUsage(r["machine__name"], r["n"], r["seconds"] or 0) for r in per_machine],
         intervention_count=interventions["n"],
         last_intervention=interventions["last"],
+        refusal_count=refusals["n"],
+        last_refusal=refusals["last"],
         retention_days=settings.RETENTION_DAYS,
     )

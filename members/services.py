@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import Count, Max, OuterRef, QuerySet, Subquery
 
 from machines.models import Authorization, Machine
+from machines.training import TYPE_RULE, Rule, grant_many
 
 from .gdpr import erase_member
 from .models import Card, Member, UnknownCard, normalize_uid
@@ -22,17 +23,15 @@ from .password_reset import send_reset_mail
 
 
 @transaction.atomic
-def grant_authorizations(*, members: Sequence[Member], machines: Sequence[Machine]) -> int:
-    """Authorize every member on every machine; authorizations they already have are kept as they are, and erased
-    members get none. Returns how many were created.
+def grant_authorizations(
+    *, members: Sequence[Member], machines: Sequence[Machine], by: Member | None = None, rule: Rule = TYPE_RULE
+) -> int:
+    """Authorize every member on every machine (``machines.safety.grant``: ``by`` as the trainer, the machine type's
+    expiry unless ``rule`` says otherwise); authorizations they already have are kept as they are, and erased
+    members get none. Returns how many were created. Whether ``by`` may train on the machines is the caller's check
+    (``machines.safety.may_train``).
     """
-    members = [member for member in members if member.deleted_at is None]
-    kept = Authorization.objects.filter(member__in=members, machine__in=machines).count()
-    Authorization.objects.bulk_create(
-        [Authorization(member=member, machine=machine) for member in members for machine in machines],
-        ignore_conflicts=True,
-    )
-    return len(members) * len(machines) - kept
+    return grant_many(members=members, machines=machines, by=by, rule=rule)
 
 
 @transaction.atomic

@@ -35,6 +35,7 @@ def member_report_view(request: HttpRequest, member_id: int) -> HttpResponse:
         "by_machine": [(row, format_seconds(row.seconds)) for row in report.by_machine],
         "uses_url": f"{reverse('admin:machines_use_changelist')}?{query}",
         "interventions_url": f"{reverse('admin:machines_intervention_changelist')}?{query}",
+        "refusals_url": f"{reverse('admin:machines_refusal_changelist')}?{query}",
         "member_url": reverse("admin:members_member_change", args=[member.pk]),
     }
     return TemplateResponse(request, "admin/members/member/report.html", context)

@@ -13,7 +13,17 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from machines.models import Intervention, Machine, MachineType, MaintenancePlan, Use
+from machines.models import (
+    FaultReport,
+    Intervention,
+    KioskScreen,
+    Machine,
+    MachineCheck,
+    MachineType,
+    MaintenancePlan,
+    Refusal,
+    Use,
+)
 from members.models import Card, Member, UnknownCard
 from telemetry.models import Board
 
@@ -35,8 +45,12 @@ def history(lab: Lab) -> Lab:
     Use.objects.create(member=lab.staff, machine=lab.printer, started_at=now, last_seen=now, replay=True)
     Intervention.objects.create(plan=lab.plan, machine=lab.laser, member=lab.staff, machine_hours=1.0, replay=True)
     UnknownCard.objects.create(uid="deadbeef", machine=lab.printer)
+    FaultReport.objects.create(machine=lab.laser, severity=FaultReport.Severity.OUT_OF_ORDER, description="Smoke")
+    MachineCheck.objects.create(machine=lab.laser, requested_at=now)
+    Refusal.objects.create(machine=lab.laser, member=lab.normal, uid="aabbccd3", reason=Refusal.Reason.EXPIRED)
     Board.objects.create(machine=lab.laser, serial="ABC", firmware="1.2.3", ip_address="10.0.0.5")
     Group.objects.create(name="desk")
+    KioskScreen.objects.create(name="Entrance TV", token_hash="0" * 64, created_by=lab.admin)
     seen = {"user_agent": "x", "http_accept": "x", "path_info": "/admin/login/", "username": "x@lab.test"}
     AccessAttempt.objects.create(**seen, get_data="", post_data="", failures_since_start=1)
     AccessLog.objects.create(**seen)

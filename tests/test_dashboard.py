@@ -104,7 +104,9 @@ def test_it_shows_each_machine_once_in_its_state_with_counters(admin_client, eve
     html = response.content.decode()
     assert response.status_code == 200
     assert _states_on_page(html) == {m.pk: state for state, m in every_state.items()}
-    assert _counters_on_page(html) == {"in_use": 1, "blocked": 1, "maintenance": 1, "offline": 1, "free": 1}
+    assert _counters_on_page(html) == {
+        "in_use": 1, "blocked": 1, "out_of_order": 0, "to_check": 0, "maintenance": 1, "offline": 1, "free": 1
+    }  # fmt: skip
     # IN USE shows the member's first name and the elapsed time; MAINTENANCE the due item; the board its firmware.
     assert '<span class="fab-tile-user">Nina</span>' in html
     assert re.search(r'class="fab-tile-elapsed"[^>]*>0:0[45]:\d\d</time>', html)
@@ -121,10 +123,11 @@ def test_it_keeps_the_app_list_below_the_dashboard(admin_client, lab) -> None:
     assert "recent-actions-module" in html
 
 
-def test_it_builds_every_tile_in_three_queries_whatever_the_lab_or_history_size(
+def test_it_builds_every_tile_in_five_queries_whatever_the_lab_or_history_size(
     django_assert_num_queries, every_state
 ) -> None:
-    with django_assert_num_queries(3):
+    # Machines, plans, open uses, and the machines locked by a fault report or a check after use.
+    with django_assert_num_queries(5):
         few = dashboard_tiles()
     for n in range(20):
         machine = _machine(100 + n, f"MACHINE {n}", last_seen=timezone.now())
@@ -133,7 +136,8 @@ def test_it_builds_every_tile_in_three_queries_whatever_the_lab_or_history_size(
         _use(machine, ended_at=timezone.now(), duration=60)
         if n % 2:
             _use(machine)
-    with django_assert_num_queries(3):
+    # Machines, plans, open uses, and the machines locked by a fault report or a check after use.
+    with django_assert_num_queries(5):
         many = dashboard_tiles()
     assert len(many) == len(few) + 20
     assert count_states(many)["in_use"] == 1 + 10
@@ -175,7 +179,9 @@ def test_it_formats_elapsed_time_as_the_script_does() -> None:
 def test_it_draws_an_empty_lab(admin_client) -> None:
     html = admin_client.get("/admin/").content.decode()
     assert 'class="fab-empty"' in html
-    assert _counters_on_page(html) == {"in_use": 0, "blocked": 0, "maintenance": 0, "offline": 0, "free": 0}
+    assert _counters_on_page(html) == dict.fromkeys(
+        ("in_use", "blocked", "out_of_order", "to_check", "maintenance", "offline", "free"), 0
+    )
 
 
 def test_it_refuses_the_dashboard_to_anonymous_and_non_staff(client, lab) -> None:

@@ -127,7 +127,8 @@ def test_the_command_prints_a_one_line_summary(lab: Lab) -> None:
     lines = [line for line in out.getvalue().splitlines() if line.startswith("Purged")]
     assert lines == [
         "Purged: 1 uses and 0 interventions anonymised, 0 unknown cards deleted, 0 members erased, "
-        "0 login records, 0 admin history entries and 0 audit entries deleted."
+        "0 login records, 0 admin history entries and 0 audit entries, 0 refusals, 0 closed fault reports and "
+        "0 confirmed checks deleted."
     ]
 
 

@@ -310,7 +310,7 @@ def test_italian_agrees_in_gender_and_number(world: World, page: Page) -> None:
         # Staff's work first: members come before Django's groups and axes, which are folded away.
         assert page.locator("details.fab-internals").get_attribute("open") is None
         nav = page.locator("nav.fab-nav a")
-        assert nav.count() == 6 and "/admin/system/" in (nav.last.get_attribute("href") or "")
+        assert nav.count() == 7 and "/admin/system/" in (nav.last.get_attribute("href") or "")
     _open(page, world.url + _pages(world)["member"])
     with _shot(page, "grammar-member"):
         add = page.locator(".add-row a").first.inner_text()

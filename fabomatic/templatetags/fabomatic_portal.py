@@ -20,6 +20,8 @@ NAV = [
     (_("Machines"), "admin:machines_machine_changelist", "machines.view_machine"),
     (_("Uses"), "admin:machines_use_changelist", "machines.view_use"),
     (_("Maintenance"), "admin:machines_intervention_changelist", "machines.view_intervention"),
+    # Trainers and portal administrators (members/backends.py gives trainers this permission).
+    (_("Sign off a trainee"), "machines_sign_off", "machines.add_authorization"),
     (_("System"), "fabomatic_system", None),
 ]
 

@@ -1,9 +1,10 @@
 """Every machine's tile in a constant number of queries, whatever the size of the lab or of the history.
 
-Three queries: the machines with their boards, all their maintenance plans, and the open uses with their
-members (the partial unique index ``one_open_use_per_machine`` holds exactly those rows). Maintenance comes from
-the hour meter, so no query ever reads closed uses. The page draws these tiles; :mod:`.events` pushes the same
-tiles when they change.
+Five queries: the machines with their boards, all their maintenance plans, the open uses with their members (the
+partial unique index ``one_open_use_per_machine`` holds exactly those rows), and the machines locked by an open
+"out of order" fault report or a pending check after use (partial indexes ``fault_open`` and ``check_open``).
+Maintenance comes from the hour meter, so no query ever reads closed uses. The page draws these tiles;
+:mod:`.events` pushes the same tiles when they change.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from django.utils.translation import gettext, npgettext
 from django.utils.translation import gettext_lazy as _
 
 from machines import services
-from machines.models import Machine, MaintenancePlan, Use
+from machines.models import FaultReport, Machine, MachineCheck, MaintenancePlan, Use
 
-State = Literal["in_use", "blocked", "maintenance", "offline", "free"]
-STATES: tuple[State, ...] = ("in_use", "blocked", "maintenance", "offline", "free")
+State = Literal["in_use", "blocked", "out_of_order", "to_check", "maintenance", "offline", "free"]
+STATES: tuple[State, ...] = ("in_use", "blocked", "out_of_order", "to_check", "maintenance", "offline", "free")
 STATE_LABELS: dict[State, Any] = {
     "in_use": _("In use"),
     "blocked": _("Blocked"),
+    "out_of_order": _("Out of order"),
+    "to_check": _("To check"),
     "maintenance": _("Maintenance"),
     "offline": _("Offline"),
     "free": _("Free"),
@@ -40,6 +43,8 @@ def counter_labels() -> dict[str, list[str]]:
     return {
         "in_use": [npgettext("machines counter", "In use", "In use", n) for n in (1, 2)],
         "blocked": [npgettext("machines counter", "Blocked", "Blocked", n) for n in (1, 2)],
+        "out_of_order": [npgettext("machines counter", "Out of order", "Out of order", n) for n in (1, 2)],
+        "to_check": [npgettext("machines counter", "To check", "To check", n) for n in (1, 2)],
         "maintenance": [npgettext("machines counter", "Maintenance", "Maintenance", n) for n in (1, 2)],
         "offline": [npgettext("machines counter", "Offline", "Offline", n) for n in (1, 2)],
         "free": [npgettext("machines counter", "Free", "Free", n) for n in (1, 2)],
@@ -59,12 +64,26 @@ class Tile(TypedDict):
     online_seconds: int
 
 
-def tile_state(*, in_use: bool, blocked: bool, maintenance: bool, online: bool) -> State:
-    """One state per machine, in the old dashboard's precedence: in use, blocked, maintenance, offline, free."""
+def tile_state(
+    *,
+    in_use: bool,
+    blocked: bool,
+    maintenance: bool,
+    online: bool,
+    out_of_order: bool = False,
+    to_check: bool = False,
+) -> State:
+    """One state per machine: in use, blocked, out of order (an open fault report locks it), to check (a check
+    after use is pending), maintenance, offline, free. A machine in use stays "in use" whatever was reported
+    meanwhile: the lock applies at its next login."""
     if in_use:
         return "in_use"
     if blocked:
         return "blocked"
+    if out_of_order:
+        return "out_of_order"
+    if to_check:
+        return "to_check"
     if maintenance:
         return "maintenance"
     if not online:
@@ -73,16 +92,26 @@ def tile_state(*, in_use: bool, blocked: bool, maintenance: bool, online: bool) 
 
 
 def build_tile(
-    machine: Machine, open_use: Use | None, now: datetime | None = None, plans: list[MaintenancePlan] | None = None
+    machine: Machine,
+    open_use: Use | None,
+    now: datetime | None = None,
+    plans: list[MaintenancePlan] | None = None,
+    lock: str | None = None,
 ) -> Tile:
-    """The tile of a machine, its ``board`` selected and its ``plans`` (in plan order) given or read here."""
+    """The tile of a machine, its ``board`` selected and its ``plans`` (in plan order) given or read here; ``lock``:
+    "out_of_order", "to_check" or None (:func:`locks`)."""
     due, message = services.maintenance_status(machine, plans)
     board = getattr(machine, "board", None)  # reverse one-to-one: None when no board announced itself
     return Tile(
         id=machine.pk,
         name=machine.name,
         state=tile_state(
-            in_use=open_use is not None, blocked=machine.blocked, maintenance=due, online=machine.is_online(now)
+            in_use=open_use is not None,
+            blocked=machine.blocked,
+            maintenance=due,
+            online=machine.is_online(now),
+            out_of_order=lock == "out_of_order",
+            to_check=lock == "to_check",
         ),
         user=open_use.member.first_name if open_use else None,
         since=open_use.started_at.isoformat() if open_use else None,
@@ -114,7 +143,23 @@ def tiles(machine_ids: Collection[int] | None = None, now: datetime | None = Non
     plans_of: dict[int, list[MaintenancePlan]] = {}
     for plan in plans:
         plans_of.setdefault(plan.machine_id, []).append(plan)
-    return [build_tile(machine, open_uses.get(machine.pk), now, plans_of.get(machine.pk, [])) for machine in machines]
+    locked = locks(machine_ids)
+    return [
+        build_tile(machine, open_uses.get(machine.pk), now, plans_of.get(machine.pk, []), locked.get(machine.pk))
+        for machine in machines
+    ]
+
+
+def locks(machine_ids: Collection[int] | None = None) -> dict[int, str]:
+    """Machine id → "out_of_order" or "to_check" for the machines locked by an open fault report or a pending check
+    (the fault first, as in ``safety.lock_reason``). Two queries on partial indexes: only open rows are read."""
+    faults = FaultReport.objects.filter(closed_at__isnull=True, severity=FaultReport.Severity.OUT_OF_ORDER)
+    checks = MachineCheck.objects.filter(checked_at__isnull=True)
+    if machine_ids is not None:
+        faults, checks = faults.filter(machine_id__in=machine_ids), checks.filter(machine_id__in=machine_ids)
+    found = dict.fromkeys(checks.order_by().values_list("machine_id", flat=True).distinct(), "to_check")
+    found.update(dict.fromkeys(faults.order_by().values_list("machine_id", flat=True).distinct(), "out_of_order"))
+    return found
 
 
 def machine_tile(machine_id: int) -> Tile | None:

@@ -14,7 +14,7 @@
   var root = document.getElementById("fab-dashboard");
   if (!root) return;
 
-  var STATES = ["in_use", "blocked", "maintenance", "offline", "free"];
+  var STATES = ["in_use", "blocked", "out_of_order", "to_check", "maintenance", "offline", "free"];
   var labels = JSON.parse(document.getElementById("fab-labels").textContent);
   var onlineMs = parseInt(root.dataset.onlineSeconds, 10) * 1000;
   var machineUrl = root.dataset.machineUrl || "";
@@ -41,7 +41,8 @@
     return now - Date.parse(tile.last_seen) < onlineMs;
   }
 
-  // The server decides IN USE, BLOCKED and MAINTENANCE; between OFFLINE and FREE only time decides.
+  // The server decides IN USE, BLOCKED, OUT OF ORDER, TO CHECK and MAINTENANCE; between OFFLINE and FREE only time
+  // decides.
   function effectiveState(tile, now) {
     if (tile.state === "offline" || tile.state === "free") return isOnline(tile, now) ? "free" : "offline";
     return tile.state;

@@ -18,7 +18,9 @@ class Command(BaseCommand):
     help = (
         "Apply the retention rules. Uses and interventions older than RETENTION_DAYS (default 365) move to the "
         "anonymous member (machine hours and maintenance history are kept); unknown cards older than "
-        "UNKNOWN_CARD_RETENTION_DAYS (default 30) are deleted; members deleted more than RETENTION_DAYS ago are "
+        "UNKNOWN_CARD_RETENTION_DAYS (default 30) are deleted; refused swipes older than REFUSAL_RETENTION_DAYS "
+        "(default 90) are deleted; closed fault reports and confirmed checks after use older than RETENTION_DAYS "
+        "are deleted; members deleted more than RETENTION_DAYS ago are "
         "erased (name, e-mail, cards, and every mention in the admin history); login records and admin history "
         "entries older than RETENTION_DAYS are deleted. Idempotent: safe to run daily from cron."
     )
