@@ -109,11 +109,23 @@ class ReplyMetrics:
             registry=registry,
         )
 
+        # action → its children (latency, within, over, not ok): labels() takes a lock and builds a key per call.
+        self._children: dict[str, tuple[Any, Any, Any, Any]] = {}
+
     def observe(self, action: str, seconds: float, ok: bool) -> None:
-        self.latency.labels(action).observe(seconds)
-        self.replies.labels(action, "true" if seconds <= BOARD_TIMEOUT else "false").inc()
+        children = self._children.get(action)
+        if children is None:  # the first reply to this action (a dict store is atomic: a race only repeats it)
+            children = self._children[action] = (
+                self.latency.labels(action),
+                self.replies.labels(action, "true"),
+                self.replies.labels(action, "false"),
+                self.not_ok.labels(action),
+            )
+        latency, within, over, not_ok = children
+        latency.observe(seconds)
+        (within if seconds <= BOARD_TIMEOUT else over).inc()
         if not ok:
-            self.not_ok.labels(action).inc()
+            not_ok.inc()
 
 
 # Bridge.counters() key → (metric name without _total, help).

@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.test import Client
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
@@ -134,6 +135,25 @@ def test_a_reply_over_the_boards_2_s_is_counted_as_such() -> None:
     assert value(samples, "fabomatic_bridge_reply_seconds_count", action="checkuser") == 3
 
 
+def test_an_unreadable_database_gives_database_up_0_and_the_scrape_still_succeeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+
+    def unreadable() -> list[Any]:
+        calls.append(1)
+        raise DatabaseError("database is locked")
+
+    monkeypatch.setattr(metrics, "fleet_metrics", unreadable)
+    registry = CollectorRegistry()
+    registry.register(metrics.FleetCollector(ttl=60))
+    for _ in range(2):
+        samples = parse(generate_latest(registry).decode())
+        assert value(samples, "fabomatic_database_up") == 0
+        assert not any(name.startswith("fabomatic_boards") for name, _ in samples)
+    assert calls == [1]  # the second scrape, within the ttl, did not ask the database again
+
+
 # --- the bridge ---------------------------------------------------------------------------------------------------
 
 
@@ -177,6 +197,9 @@ def test_the_bridge_metrics_count_what_the_boards_asked(
         laser.close()
         printer.close()
 
+    deadline = time.monotonic() + 5
+    while bridge.dispatcher.qsize() and time.monotonic() < deadline:  # a job leaves the queue just after its reply
+        time.sleep(0.01)
     status, text = get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200, text
     samples = parse(text)
