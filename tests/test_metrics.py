@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -309,6 +310,18 @@ def test_mqtt_listen_serves_its_metrics_on_metrics_port(lab: Lab, broker: Broker
         output, _ = process.communicate(timeout=20)
     assert f"Metrics on http://127.0.0.1:{port}/metrics" in output
     assert process.returncode == 0, output
+
+
+def test_the_bridge_without_metrics_port_does_not_load_prometheus_client() -> None:
+    """3 MB the bridge on a Raspberry Pi does not carry unless METRICS_PORT asks for it."""
+    code = (
+        "import sys, django; django.setup()\n"
+        "import telemetry.mqtt, telemetry.management.commands.mqtt_listen\n"
+        "print('prometheus_client' in sys.modules)\n"
+    )
+    env = {**os.environ, "FABOMATIC_PROCESS": "bridge", "DJANGO_SETTINGS_MODULE": "fabomatic.settings"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "False", run.stdout + run.stderr
 
 
 # --- the portal ---------------------------------------------------------------------------------------------------
