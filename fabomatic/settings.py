@@ -96,6 +96,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so it times every request: counts and latencies per view for /metrics (fabomatic/metrics.py).
+    "fabomatic.metrics.request_metrics",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -268,6 +270,16 @@ ORPHAN_SECONDS = env("ORPHAN_SECONDS")
 # against 905 with 1).
 BRIDGE_WORKERS = env.int("BRIDGE_WORKERS", default=1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4)
 BRIDGE_REPLY_DEADLINE = env.float("BRIDGE_REPLY_DEADLINE", default=1.5)
+
+# --- Metrics (Prometheus, README "Metrics, Grafana and alerts") ---------------------------------------------------
+# The bridge serves its metrics on METRICS_ADDRESS:METRICS_PORT (0: not at all), the portal on /metrics. Both only to
+# a client on this machine that is not proxied, or to one sending "Authorization: Bearer <METRICS_TOKEN>" (unset:
+# no token is accepted; METRICS_TOKEN_FILE reads it from a file).
+METRICS_PORT = env.int("METRICS_PORT", default=0)
+METRICS_ADDRESS = env.str("METRICS_ADDRESS", default="127.0.0.1")
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 24:
+    raise environ.ImproperlyConfigured("METRICS_TOKEN must be at least 24 characters (openssl rand -hex 24)")
 
 # --- GDPR -----------------------------------------------------------------------------------
 RETENTION_DAYS = env("RETENTION_DAYS")

@@ -4,6 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from fabomatic.metrics import metrics_view
 from machines import faults
 from machines.kiosk_views import kiosk_page
 from members.password_reset import RateLimitedPasswordResetView
@@ -35,6 +36,8 @@ urlpatterns = [
     # Sign-off at the machine (a trainer's phone): machines/training_views.py, trainers only.
     path("admin/sign-off/", include("machines.training_urls")),
     path("admin/", admin.site.urls),
+    # Prometheus: to this machine's own clients or a bearer token only (README "Metrics, Grafana and alerts").
+    path("metrics", metrics_view, name="fabomatic_metrics"),
     # The lab's kiosk screens: no login, a secret address (machines/kiosk.py).
     path("kiosk/<str:secret>/", kiosk_page, name="kiosk"),
     # The fault report page of a machine's QR sticker: no login, a secret code per machine (machines/faults.py).

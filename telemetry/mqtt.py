@@ -15,7 +15,8 @@ Threads:
 - one thread writes the read-only requests' heartbeat stamps every 0.5 s (``fastpath.flush_heartbeats``);
 - one live thread broadcasts dashboard tiles and heartbeats (``machines.dashboard.events``), coalesced per machine,
   in batches;
-- the caller's thread (``mqtt_listen``) publishes stats every 5 s and schedules the housekeeping.
+- the caller's thread (``mqtt_listen``) publishes stats every 5 s and schedules the housekeeping;
+- with ``METRICS_PORT`` set, a small HTTP server serves Prometheus metrics, a thread per scrape (telemetry/metrics.py).
 
 Stats, published every 5 s on ``stats/<client id>`` (retained, QoS 0; a final one with ``"Connected": false`` on a
 clean shutdown). The first five keys are the old backend's::
@@ -53,7 +54,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from django.conf import settings
@@ -65,6 +66,9 @@ from machines.dashboard import events
 from . import fastpath, ingest, sessions
 from . import protocol as p
 from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from .metrics import ReplyMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -441,6 +445,7 @@ class Bridge:
         }
         self._stats_lock = threading.Lock()
         self._latency: dict[int, deque[float]] = {}  # machine id → its last reply latencies (s); under _stats_lock
+        self.reply_metrics: ReplyMetrics | None = None  # set by telemetry.metrics.bridge_registry (METRICS_PORT)
         self._drop_log = _RateLimit(per_second=5)
         self.started = _iso_now()
         self._next_stats = 0.0
@@ -455,8 +460,9 @@ class Bridge:
         with self._stats_lock:
             self.stats[key] += n
 
-    def sent(self, job: Job) -> None:
-        """Count a reply and keep its latency (an append under the lock the counter takes anyway)."""
+    def sent(self, job: Job, ok: bool = True) -> None:
+        """Count a reply and keep its latency (an append under the lock the counter takes anyway); ``ok``: its
+        request_ok, for the Prometheus metrics when they are on."""
         took = time.monotonic() - job.received
         with self._stats_lock:
             self.stats["Sent"] += 1
@@ -464,6 +470,16 @@ class Bridge:
             if window is None:
                 window = self._latency[job.machine_id] = deque(maxlen=LATENCY_WINDOW)
             window.append(took)
+        if self.reply_metrics is not None:
+            self.reply_metrics.observe(job.request.action, took, ok)
+
+    def counters(self) -> dict[str, int]:
+        """A consistent copy of the stats counters (Received, Sent, Dropped...)."""
+        with self._stats_lock:
+            return dict(self.stats)
+
+    def workers_alive(self) -> int:
+        return sum(1 for t in self._threads if t.is_alive())
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -646,7 +662,8 @@ class Bridge:
         outcome = ingest.process(job.machine_id, request)
         if outcome.reply is not None:
             if job.claim():
-                self.sent(job)  # counted first: a board that has its reply finds it counted
+                ok = outcome.reply.get("request_ok") is not False
+                self.sent(job, ok)  # counted first: a board that has its reply finds it counted
                 self.client.publish(reply_topic(job.machine_id, self.conf), p.encode(outcome.reply), qos=0)
             elif outcome.failed:
                 logger.warning("machine %s %s: not recorded, database unavailable", job.machine_id, request.action)
@@ -665,7 +682,7 @@ class Bridge:
         if not job.claim():
             return
         self.count("Late")
-        self.sent(job)
+        self.sent(job, ok=False)
         self.client.publish(reply_topic(job.machine_id, self.conf), p.encode(p.unavailable_reply(job.request)), qos=0)
         logger.warning(
             "machine %s %s: no decision within %.1f s, answered request_ok false",
@@ -701,7 +718,7 @@ class Bridge:
             "Backend IP": self.host_ip,
             **counters,
             "Queue": self.dispatcher.qsize(),
-            "Workers": sum(1 for t in self._threads if t.is_alive()),
+            "Workers": self.workers_alive(),
             "Started": self.started,
             "Time": _iso_now(),
             "Client id": self.client_id,

@@ -39,6 +39,7 @@ class Command(BaseCommand):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
         bridge = Bridge(client_id=options["client_id"] or None, housekeeping_every=options["housekeeping"])
+        metrics_server = self.serve_metrics(bridge) if settings.METRICS_PORT else None
         bridge.start()
         memory.start_trimmer()
         memory.freeze_startup_objects()
@@ -47,7 +48,23 @@ class Command(BaseCommand):
             bridge.tick()
             self.shutdown.wait(1.0)
         bridge.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         self.stdout.write("Bridge stopped.")
+
+    def serve_metrics(self, bridge: Bridge) -> Any:
+        """Prometheus metrics on METRICS_ADDRESS:METRICS_PORT, from a thread of their own (prometheus-client is
+        imported only then: 3 MB the bridge does not carry otherwise)."""
+        from telemetry import metrics
+
+        address, port = settings.METRICS_ADDRESS, settings.METRICS_PORT
+        try:
+            server = metrics.serve(metrics.bridge_registry(bridge), port, address, settings.METRICS_TOKEN)
+        except OSError as exc:
+            raise CommandError(f"metrics: cannot listen on {address}:{port}: {exc}") from exc
+        host = f"[{address}]" if ":" in address else address
+        self.stdout.write(f"Metrics on http://{host}:{server.server_port}/metrics")
+        return server
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.shutdown.set()
