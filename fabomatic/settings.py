@@ -261,6 +261,11 @@ ORPHAN_SECONDS = env("ORPHAN_SECONDS")
 # against 905 with 1).
 BRIDGE_WORKERS = env.int("BRIDGE_WORKERS", default=1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4)
 BRIDGE_REPLY_DEADLINE = env.float("BRIDGE_REPLY_DEADLINE", default=1.5)
+# Firmware updates from the portal (telemetry/rollout.py): the boards' ArduinoOTA UDP port, the local address the
+# boards connect back to (all by default), and how long a flashed board has to come back with the new version.
+OTA_PORT = env.int("OTA_PORT", default=3232)
+OTA_BIND = env.str("OTA_BIND", default="0.0.0.0")
+OTA_CONFIRM_SECONDS = env.int("OTA_CONFIRM_SECONDS", default=180)
 
 # --- GDPR -----------------------------------------------------------------------------------
 RETENTION_DAYS = env("RETENTION_DAYS")
@@ -283,6 +288,9 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     "machines.authorization",
     {"model": "machines.use", "exclude_fields": ["last_seen"]},
     "machines.intervention",
+    {"model": "telemetry.firmwareimage", "exclude_fields": ["data"]},
+    "telemetry.rollout",
+    "telemetry.otapush",
 )
 
 # --- Mail -----------------------------------------------------------------------------------

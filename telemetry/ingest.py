@@ -26,7 +26,16 @@ from machines.models import Machine
 from members.models import Card, UnknownCard
 
 from . import protocol as p
-from .fastpath import FAST, card_member, drop_broken_connection, flush_heartbeats, machine_of, stamps, user_reply
+from .fastpath import (
+    FAST,
+    card_member,
+    drop_broken_connection,
+    flush_heartbeats,
+    heap_minima,
+    machine_of,
+    stamps,
+    user_reply,
+)
 from .models import Board
 from .outcome import Outcome
 from .sessions import in_use, start_use, stop_use
@@ -181,6 +190,7 @@ def _maintenance(machine_id: int, request: p.Maintenance, now: datetime) -> Outc
 
 
 def _alive(machine_id: int, request: p.Alive, now: datetime) -> Outcome:
+    heap_minima.note(machine_id, request.heap, now)
     board = Board.objects.filter(machine_id=machine_id).first()
     new_firmware = board is None or board.firmware != request.version
     fields = {
