@@ -39,7 +39,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from machines.models import Machine
-from telemetry import credentials
+from telemetry import credentials, health
 from telemetry.models import Board
 from telemetry.mqtt import STATS_TOPIC, build_client
 
@@ -188,6 +188,7 @@ def system_view(request: HttpRequest) -> HttpResponse:
     for board in boards:  # each board's reply latency, as the bridges measured it (median, max ms, replies)
         figures = [b["latency"][key] for b in live if (key := str(board.machine_id)) in b.get("latency", {})]
         board.latency = figures[0] if figures else None  # type: ignore[attr-defined]
+    health.annotate(boards)  # environment, version, behind, free-heap trend
     machines = list(
         Machine.objects.select_related("board_credential").order_by(F("board_credential").asc(nulls_first=True), "pk")[
             :SYSTEM_ROWS
@@ -206,6 +207,7 @@ def system_view(request: HttpRequest) -> HttpResponse:
         "boards": boards,
         "online_boards": online,
         "board_count": Board.objects.count(),
+        "behind_count": health.behind_count(),
         "online_count": Board.objects.filter(is_online).count(),
         "machines": machines,
         "machine_count": Machine.objects.count(),
