@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from machines.models import Intervention, Machine, MachineType, MaintenancePlan, Use
 from members.models import Card, Member, UnknownCard
-from telemetry.models import Board
+from telemetry.models import Board, FirmwareImage, OtaPush, Rollout
 
 from .conftest import Lab
 
@@ -36,6 +36,8 @@ def history(lab: Lab) -> Lab:
     Intervention.objects.create(plan=lab.plan, machine=lab.laser, member=lab.staff, machine_hours=1.0, replay=True)
     UnknownCard.objects.create(uid="deadbeef", machine=lab.printer)
     Board.objects.create(machine=lab.laser, serial="ABC", firmware="1.2.3", ip_address="10.0.0.5")
+    image = FirmwareImage.objects.create(environment="e", version="1.2.4", data=b"\xe9", md5="0" * 32, size=1)
+    OtaPush.objects.create(rollout=Rollout.objects.create(image=image), machine=lab.laser)
     Group.objects.create(name="desk")
     seen = {"user_agent": "x", "http_accept": "x", "path_info": "/admin/login/", "username": "x@lab.test"}
     AccessAttempt.objects.create(**seen, get_data="", post_data="", failures_since_start=1)

@@ -45,7 +45,12 @@ def alive(
 def no_runner(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """The page launches manage.py ota_rollout: recorded here instead (the runner is tested in test_ota_rollout)."""
     launched: list[bool] = []
-    monkeypatch.setattr(rollout, "launch_runner", lambda: launched.append(True) or True)
+
+    def launch() -> bool:
+        launched.append(True)
+        return True
+
+    monkeypatch.setattr(rollout, "launch_runner", launch)
     cache.clear()
     return launched
 
