@@ -28,6 +28,7 @@ class BoardAdmin(admin.ModelAdmin):
         "drift",
         "heap",
         "last_seen",
+        "latency",
         "online",
     ]
     list_select_related = ["machine"]
@@ -47,6 +48,7 @@ class BoardAdmin(admin.ModelAdmin):
         changelist = super().get_changelist_instance(request)
         changelist.result_list = list(changelist.result_list)
         health.annotate(changelist.result_list)
+        health.annotate_latency(changelist.result_list)
         return changelist
 
     @admin.display(description=gettext_lazy("environment"))
@@ -71,6 +73,11 @@ class BoardAdmin(admin.ModelAdmin):
         low = getattr(board, "heap_low", None)
         title = _("Hourly minima of the last 48 hours; lowest %(low)s bytes") % {"low": f"{low:,}"} if low else ""
         return format_html('{} <span class="fab-spark" title="{}">{}</span>', now, title, trend)
+
+    @admin.display(description=gettext_lazy("reply latency"))
+    def latency(self, board: Board) -> str:
+        figures = getattr(board, "latency", None)
+        return f"{figures[0]} / {figures[1]} ms" if figures else "-"
 
     @admin.display(description=gettext_lazy("online"), ordering="machine__last_seen")
     def online(self, board: Board) -> str:

@@ -76,6 +76,17 @@ def annotate(boards: Sequence[Board]) -> None:
         board.heap_low = min(values) if values else None  # type: ignore[attr-defined]
 
 
+def annotate_latency(boards: Sequence[Board]) -> None:
+    """Set ``latency`` on each board: (median ms, max ms, replies) as the running bridges last published it, or None
+    (from their retained stats, read by the System page's cached subscription)."""
+    from operations.system import bridge_stats  # the System page owns the stats subscription
+
+    live = [b for b in bridge_stats() if b.get("Connected") and not b.get("stale")]
+    for board in boards:
+        figures = [b["latency"][key] for b in live if (key := str(board.machine_id)) in b.get("latency", {})]
+        board.latency = figures[0] if figures else None  # type: ignore[attr-defined]
+
+
 def behind_count() -> int:
     """How many boards run older firmware than the newest image of their environment (cached 30 s)."""
     cached = cache.get(BEHIND_CACHE_KEY)

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from machines.models import Machine
 from members.models import Member, Role
+from operations import system
 from telemetry import fastpath, health, ingest, rollout
 from telemetry import protocol as p
 from telemetry.models import FirmwareImage, HeapSample, OtaPush, Rollout
@@ -131,7 +132,7 @@ def test_boards_of_another_environment_cannot_be_chosen(client: Client, lab: Lab
 
 
 def test_drift_and_health_on_the_system_page_the_boards_list_and_the_dashboard(
-    client: Client, lab: Lab, boss: Member
+    client: Client, lab: Lab, boss: Member, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alive(1, f"{ENV},1.0.1-3-g0ab6099")
     alive(2, f"{ENV},1.0.4")
@@ -142,11 +143,14 @@ def test_drift_and_health_on_the_system_page_the_boards_list_and_the_dashboard(
         HeapSample.objects.create(machine=lab.laser, hour=hour - timedelta(hours=3 - i), minimum=low)
     assert health.behind_count() == 1
     client.force_login(boss)
-    system = client.get("/admin/system/").content.decode()
-    assert "behind: 1.0.4 available" in system and "1.0.1-3-g0ab6099" in system
-    assert health.sparkline([180000, 150000, 170000]) in system
+    page = client.get("/admin/system/").content.decode()
+    assert "behind: 1.0.4 available" in page and "1.0.1-3-g0ab6099" in page
+    assert health.sparkline([180000, 150000, 170000]) in page
+    stats = [{"Connected": True, "stale": False, "latency": {"1": [3.1, 9.8, 32]}}]
+    monkeypatch.setattr(system, "bridge_stats", lambda: stats)  # as a live bridge publishes them
     boards = client.get("/admin/telemetry/board/").content.decode()
     assert "behind: 1.0.4 available" in boards and "up to date" in boards
+    assert "3.1 / 9.8 ms" in boards and health.sparkline([180000, 150000, 170000]) in boards
     dashboard = client.get("/admin/").content.decode()
     assert "1 board runs older firmware than the newest image uploaded." in dashboard
 
