@@ -165,7 +165,10 @@ def cancel_view(request: HttpRequest, rollout_id: int) -> HttpResponseBase:
 def status_view(request: HttpRequest) -> JsonResponse:
     """The recent rollouts and their pushes, polled by the page every 2 s."""
     _administrators_only(request)
-    return JsonResponse({"rollouts": _rollouts_state(), "time": timezone.now().isoformat()})
+    state = _rollouts_state()
+    if any(r["state"] == Rollout.State.RUNNING for r in state):
+        rollout.launch_runner()  # a no-op while one runs
+    return JsonResponse({"rollouts": state, "runner": rollout.runner_running(), "time": timezone.now().isoformat()})
 
 
 def _rollouts_state() -> list[dict[str, Any]]:

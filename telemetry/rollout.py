@@ -11,17 +11,19 @@ Rules:
   30 s check, once the machine is off); after it, the old version fails the push. Any failure stops the rollout.
 - Every push is recorded in the audit trail, in the name of the member who started the rollout.
 
-Where it runs: ``manage.py ota_rollout``, a short-lived process that the portal launches when a rollout starts (and
-again from the firmware page whenever a rollout runs with no runner, e.g. after a reboot). It holds a lock file, so
-only one runs; it is not a thread of the web process (a restart of daphne would cut a transfer) nor part of the
-bridge (a 60 s transfer must never share the bridge's 2 s deadline). It exits when no rollout runs. A push left
-"pushing" by a crashed runner is marked failed ("interrupted") when the next runner starts.
+Where it runs: ``manage.py ota_rollout``, a short-lived process that exits when no rollout runs. Installed with
+systemd, ``fabomatic-ota.path`` starts it (as ``fabomatic-ota.service``) while the request file the portal creates
+exists, also at boot; elsewhere the portal starts it in its own session. The Firmware page asks again whenever it sees
+a rollout running. It holds a lock file, so only one runs. It is not a thread of the web process (a restart of
+daphne would cut a transfer) nor part of the bridge (a 60 s transfer must never share the bridge's 2 s deadline). A
+push left "pushing" by a crashed runner is marked failed ("interrupted") when the next runner starts.
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -82,9 +84,22 @@ def runner_running() -> bool:
         return not free
 
 
+def request_path() -> Path:
+    """Exists while rollouts are pending: deploy/systemd/fabomatic-ota.path starts the runner on it."""
+    return Path(settings.DATA_DIR) / "ota-rollout.request"
+
+
 def launch_runner() -> bool:
-    """Start ``manage.py ota_rollout`` in its own session unless one runs; True when one was started."""
-    if runner_running() or not Rollout.objects.filter(state=Rollout.State.RUNNING).exists():
+    """Have a runner run the pending rollouts; True when this call started one as a child process.
+
+    Under systemd (the portal's unit sets INVOCATION_ID) the request file is enough: fabomatic-ota.path starts
+    ``fabomatic-ota.service``, outside the portal's unit, so a restart of the portal never cuts a transfer. Elsewhere
+    (``make run``, a shell) the runner is started in its own session.
+    """
+    if not Rollout.objects.filter(state=Rollout.State.RUNNING).exists():
+        return False
+    request_path().touch()
+    if os.environ.get("INVOCATION_ID") or runner_running():
         return False
     manage = Path(settings.BASE_DIR) / "manage.py"
     subprocess.Popen(
@@ -180,7 +195,10 @@ def run(
             between_rounds()  # a database restart must not end the runner
             running = list(Rollout.objects.filter(state=Rollout.State.RUNNING).select_related("image", "started_by"))
             if not running:
-                break
+                request_path().unlink(missing_ok=True)
+                if not Rollout.objects.filter(state=Rollout.State.RUNNING).exists():  # none started meanwhile
+                    break
+                continue
             for rollout in running:
                 try:
                     step(rollout, push=push)

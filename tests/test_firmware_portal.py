@@ -112,6 +112,7 @@ def test_a_rollout_is_confirmed_then_started_and_followed(
     assert LogEntry.objects.get_for_object(r).filter(actor=boss).exists()
     OtaPush.objects.filter(rollout=r, machine_id=2).update(state=OtaPush.State.CONFIRMING)
     status = json.loads(client.get("/admin/system/firmware/status/").content)
+    assert status["runner"] is False
     pushes = status["rollouts"][0]["pushes"]
     assert [(x["machine"], x["state"], x["canary"]) for x in pushes] == [
         ("PRINTER 1", "confirming", True),

@@ -234,6 +234,7 @@ def test_the_runner_loop_runs_a_rollout_to_its_end(fleet: Fleet, image: Firmware
         return result
 
     r = rollout.start(image, [3, 1])
+    rollout.request_path().touch()  # as launch_runner does
     with rollout.runner_lock() as mine:  # another runner holds the lock: this one does nothing
         assert mine
         assert rollout.run(push=push_and_reboot, poll=0.01) is False
@@ -241,4 +242,22 @@ def test_the_runner_loop_runs_a_rollout_to_its_end(fleet: Fleet, image: Firmware
     assert rollout.run(push=push_and_reboot, poll=0.01, until=time.monotonic() + 30, between_rounds=keep) is True
     r.refresh_from_db()
     assert r.state == Rollout.State.DONE
+    assert not rollout.request_path().exists()  # systemd's path unit stops starting it
     assert not rollout.launch_runner()  # nothing left to run
+
+
+def test_under_systemd_the_portal_only_leaves_the_request_file(
+    fleet: Fleet, image: FirmwareImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fabomatic-ota.path starts the runner outside the portal's unit: the portal starts no process of its own."""
+    rollout.request_path().unlink(missing_ok=True)
+    assert not rollout.launch_runner() and not rollout.request_path().exists()  # no rollout: nothing asked
+    rollout.start(image, [1])
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
+    monkeypatch.setattr(rollout.subprocess, "Popen", lambda *a, **k: pytest.fail("spawned under systemd"))
+    assert not rollout.launch_runner()
+    assert rollout.request_path().exists()
+    monkeypatch.delenv("INVOCATION_ID")
+    with rollout.runner_lock():  # a runner is already at work
+        assert not rollout.launch_runner()
+    rollout.request_path().unlink()

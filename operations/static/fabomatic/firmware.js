@@ -7,6 +7,8 @@
   const list = document.getElementById("fab-rollout-list");
   const template = document.getElementById("fab-rollout-template");
   const canary = document.getElementById("fab-canary-label").textContent;
+  const warning = document.getElementById("fab-no-runner");
+  let idle = 0;
   const running = () => list.querySelector('[data-state="running"]') !== null;
 
   function cell(row, text, small) {
@@ -60,7 +62,13 @@
     if (!running()) return;
     fetch(box.dataset.statusUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) { return response.ok ? response.json() : null; })
-      .then(function (data) { if (data) draw(data.rollouts); })
+      .then(function (data) {
+        if (!data) return;
+        draw(data.rollouts);
+        // A rollout waits for a runner that never comes (an install without fabomatic-ota.path): say so.
+        idle = running() && !data.runner ? idle + 1 : 0;
+        warning.hidden = idle < 3;
+      })
       .catch(function () { /* the next round tries again */ })
       .finally(function () { window.setTimeout(poll, 2000); });
   }
