@@ -45,11 +45,10 @@ def firmware_view(request: HttpRequest) -> HttpResponseBase:
     _administrators_only(request)
     if request.method == "POST":
         return _upload(request)
-    if Rollout.objects.filter(state=Rollout.State.RUNNING).exists():
-        rollout.launch_runner()  # after a reboot: resume the rollouts
+    rollout.launch_runner()  # after a reboot: resume the rollouts (nothing when none is pending)
     images = list(FirmwareImage.objects.defer("data").select_related("uploaded_by"))
     boards = list(Board.objects.select_related("machine").order_by("machine_id"))
-    health.annotate(boards)
+    health.annotate(boards, heap=False)  # environment and version; the heap trend is the System page's
     for image in images:
         image.boards = [b for b in boards if b.environment == image.environment]  # type: ignore[attr-defined]
     context = {

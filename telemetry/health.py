@@ -61,11 +61,11 @@ def sparkline(values: list[int]) -> str:
     return "".join(BARS[(v - low) * (len(BARS) - 1) // span] for v in values)
 
 
-def annotate(boards: Sequence[Board]) -> None:
+def annotate(boards: Sequence[Board], *, heap: bool = True) -> None:
     """Set on each board: ``environment``, ``version``, ``behind`` (the newer version, or ""), ``heap_trend`` (the
     sparkline), ``heap_low`` (the lowest hourly minimum, or None)."""
     newest = newest_images()
-    minima = heap_minima(b.machine_id for b in boards)
+    minima = heap_minima(b.machine_id for b in boards) if heap else {}
     for board in boards:
         reported = parse_reported(board.firmware)
         values = minima.get(board.machine_id, [])

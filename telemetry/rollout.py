@@ -22,6 +22,7 @@ push left "pushing" by a crashed runner is marked failed ("interrupted") when th
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import logging
 import os
 import subprocess
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import close_old_connections, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
@@ -89,6 +91,12 @@ def request_path() -> Path:
     return Path(settings.DATA_DIR) / "ota-rollout.request"
 
 
+def active() -> QuerySet[Rollout]:
+    """Rollouts the runner still has work in: running ones, and cancelled ones whose transfer is being confirmed."""
+    in_flight = Q(state=Rollout.State.CANCELLED, pushes__state__in=IN_FLIGHT)
+    return Rollout.objects.filter(Q(state=Rollout.State.RUNNING) | in_flight).distinct()
+
+
 def launch_runner() -> bool:
     """Have a runner run the pending rollouts; True when this call started one as a child process.
 
@@ -96,7 +104,7 @@ def launch_runner() -> bool:
     ``fabomatic-ota.service``, outside the portal's unit, so a restart of the portal never cuts a transfer. Elsewhere
     (``make run``, a shell) the runner is started in its own session.
     """
-    if not Rollout.objects.filter(state=Rollout.State.RUNNING).exists():
+    if not active().exists():
         return False
     request_path().touch()
     if os.environ.get("INVOCATION_ID") or runner_running():
@@ -193,10 +201,10 @@ def run(
         recover()
         while until is None or time.monotonic() < until:
             between_rounds()  # a database restart must not end the runner
-            running = list(Rollout.objects.filter(state=Rollout.State.RUNNING).select_related("image", "started_by"))
+            running = list(active().select_related("image", "started_by"))
             if not running:
                 request_path().unlink(missing_ok=True)
-                if not Rollout.objects.filter(state=Rollout.State.RUNNING).exists():  # none started meanwhile
+                if not active().exists():  # none started meanwhile
                     break
                 continue
             for rollout in running:
@@ -240,11 +248,21 @@ def step(rollout: Rollout, *, push: Pusher = espota.push, now: datetime | None =
 def _blocker(machine: Machine, board: Board | None, now: datetime) -> str | None:
     if board is None or not machine.is_online(now):
         return Reason.OFFLINE
-    if not board.ip_address:
+    if not usable_address(board.ip_address):
         return Reason.NO_ADDRESS
     if Use.objects.filter(machine_id=machine.pk, ended_at__isnull=True).exists():
         return Reason.IN_USE
     return None
+
+
+def usable_address(address: str | None) -> bool:
+    """An IPv4 address a board may have: reported by the board itself, so never trusted to be one. A multicast or
+    the broadcast address would invite every board of the network at once."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return ip.version == 4 and not (ip.is_multicast or ip.is_unspecified or ip.is_reserved)
 
 
 def _push(item: OtaPush, rollout: Rollout, board: Board, push: Pusher, now: datetime) -> None:

@@ -261,3 +261,41 @@ def test_under_systemd_the_portal_only_leaves_the_request_file(
     with rollout.runner_lock():  # a runner is already at work
         assert not rollout.launch_runner()
     rollout.request_path().unlink()
+
+
+def test_a_cancelled_rollout_still_confirms_the_transfer_under_way(fleet: Fleet, image: FirmwareImage) -> None:
+    r = rollout.start(image, [1, 2])
+    rollout.step(r, push=push)
+    rollout.cancel(r)
+    assert states(r) == [(1, State.CONFIRMING, ""), (2, State.SKIPPED, Reason.CANCELLED)]
+    assert list(rollout.active()) == [r]  # the runner keeps watching the canary
+    fleet.reboot_flashed()
+    rollout.step(Rollout.objects.get(pk=r.pk), push=push)
+    assert states(r)[0] == (1, State.DONE, "")
+    assert fleet.receivers[2].invitations == []
+    assert not rollout.active().exists()
+    assert Rollout.objects.get(pk=r.pk).state == Rollout.State.CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("address", "usable"),
+    [
+        ("192.168.1.50", True),
+        ("10.0.0.7", True),
+        ("255.255.255.255", False),
+        ("224.0.0.251", False),
+        ("0.0.0.0", False),
+        ("fe80::1", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_only_a_single_board_address_is_invited(address: str | None, usable: bool) -> None:
+    assert rollout.usable_address(address) is usable
+
+
+def test_a_board_reporting_the_broadcast_address_waits(fleet: Fleet, image: FirmwareImage) -> None:
+    Board.objects.filter(machine_id=1).update(ip_address="255.255.255.255")
+    r = rollout.start(image, [1])
+    rollout.step(r, push=push)
+    assert states(r) == [(1, State.WAITING, Reason.NO_ADDRESS)]
