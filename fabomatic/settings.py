@@ -262,9 +262,11 @@ ORPHAN_SECONDS = env("ORPHAN_SECONDS")
 BRIDGE_WORKERS = env.int("BRIDGE_WORKERS", default=1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4)
 BRIDGE_REPLY_DEADLINE = env.float("BRIDGE_REPLY_DEADLINE", default=1.5)
 # Firmware updates from the portal (telemetry/rollout.py): the boards' ArduinoOTA UDP port, the local address the
-# boards connect back to (all by default), and how long a flashed board has to come back with the new version.
+# boards connect back to (all by default) and its TCP port, and how long a flashed board has to come back with the
+# new version.
 OTA_PORT = env.int("OTA_PORT", default=3232)
 OTA_BIND = env.str("OTA_BIND", default="0.0.0.0")
+OTA_HOST_PORT = env.int("OTA_HOST_PORT", default=0)  # 0: a free port per push; fixed, for a firewall rule
 OTA_CONFIRM_SECONDS = env.int("OTA_CONFIRM_SECONDS", default=180)
 
 # --- GDPR -----------------------------------------------------------------------------------

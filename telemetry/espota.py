@@ -81,6 +81,7 @@ def push(
     *,
     port: int = OTA_PORT,
     bind: str = "0.0.0.0",  # the board connects back to the address the invitation came from
+    host_port: int = 0,  # 0: any free port; a fixed one for a firewall to open
     timeouts: Timeouts | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PushResult:
@@ -95,7 +96,8 @@ def push(
 
     try:
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        server.bind((bind, 0))
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a fixed port, again right after a push
+        server.bind((bind, host_port))
         server.listen(1)
     except OSError as exc:
         return fail(Failure.NETWORK, f"cannot listen: {exc}")

@@ -272,7 +272,9 @@ def _push(item: OtaPush, rollout: Rollout, board: Board, push: Pusher, now: date
     image = rollout.image
     data = bytes(FirmwareImage.objects.values_list("data", flat=True).get(pk=image.pk))
     logger.info("firmware %s: pushing to machine #%s at %s", image, item.machine_id, board.ip_address)
-    result = push(str(board.ip_address), data, port=settings.OTA_PORT, bind=settings.OTA_BIND)
+    result = push(
+        str(board.ip_address), data, port=settings.OTA_PORT, bind=settings.OTA_BIND, host_port=settings.OTA_HOST_PORT
+    )
     item.refresh_from_db()
     finished = timezone.now()
     if result.ok:

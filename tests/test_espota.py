@@ -89,3 +89,12 @@ def test_only_the_board_may_fetch_the_image(board: Receiver) -> None:
     result = espota.push(board.ip, IMAGE, port=board.port, timeouts=FAST)
     assert result.ok, result
     assert board.images == [IMAGE]
+
+
+def test_a_fixed_host_port_for_a_firewall(board: Receiver) -> None:
+    """OTA_HOST_PORT: the board is told, and connects back to, that port; twice in a row (SO_REUSEADDR)."""
+    port = free_udp_port()  # free for TCP as well, in practice, on a test machine
+    for _ in range(2):
+        result = espota.push(board.ip, IMAGE, port=board.port, timeouts=FAST, host_port=port)
+        assert result.ok, result
+    assert [line.split()[1] for line in board.invitations] == [str(port), str(port)]
