@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 FLASH = 0
 OTA_PORT = 3232  # the ESP32's ArduinoOTA default
 CHUNK = 1024
+MAX_REPLIES = 64 * 1024  # the acknowledgements of a 4 MB image are about 20 KB: more is not a board
 
 
 class Failure(enum.StrEnum):
@@ -209,6 +210,8 @@ def _result(conn: socket.socket, replies: bytearray, sent: int, timeout: float) 
         if not data:
             return PushResult(False, Failure.BROKEN_TRANSFER, _closed(replies, sent), sent)
         replies += data
+        if len(replies) > MAX_REPLIES:
+            return PushResult(False, Failure.BOARD_ERROR, "endless answer, not ArduinoOTA", sent)
 
 
 def _verdict(replies: bytearray) -> Failure | None:
