@@ -270,6 +270,13 @@ ORPHAN_SECONDS = env("ORPHAN_SECONDS")
 # against 905 with 1).
 BRIDGE_WORKERS = env.int("BRIDGE_WORKERS", default=1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4)
 BRIDGE_REPLY_DEADLINE = env.float("BRIDGE_REPLY_DEADLINE", default=1.5)
+# Firmware updates from the portal (telemetry/rollout.py): the boards' ArduinoOTA UDP port, the local address the
+# boards connect back to (all by default) and its TCP port, and how long a flashed board has to come back with the
+# new version.
+OTA_PORT = env.int("OTA_PORT", default=3232)
+OTA_BIND = env.str("OTA_BIND", default="0.0.0.0")
+OTA_HOST_PORT = env.int("OTA_HOST_PORT", default=0)  # 0: a free port per push; fixed, for a firewall rule
+OTA_CONFIRM_SECONDS = env.int("OTA_CONFIRM_SECONDS", default=180)
 
 # --- Metrics (Prometheus, README "Metrics, Grafana and alerts") ---------------------------------------------------
 # The bridge serves its metrics on METRICS_ADDRESS:METRICS_PORT (0: not at all), the portal on /metrics. Both only to
@@ -314,6 +321,9 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     {"model": "machines.kioskscreen", "exclude_fields": ["token_hash", "last_seen_at"]},
     {"model": "machines.faultreport", "exclude_fields": ["source"]},
     "machines.machinecheck",
+    {"model": "telemetry.firmwareimage", "exclude_fields": ["data"]},
+    "telemetry.rollout",
+    "telemetry.otapush",
 )
 
 # --- Mail -----------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from machines.models import Machine
-from telemetry import credentials
+from telemetry import credentials, health
 from telemetry.models import Board
 from telemetry.mqtt import STATS_TOPIC, build_client
 
@@ -184,10 +184,8 @@ def system_view(request: HttpRequest) -> HttpResponse:
     )
     online = {board.pk for board in boards if board.last_seen is not None and board.last_seen >= online_after}
     bridges = bridge_stats()
-    live = [b for b in bridges if b.get("Connected") and not b.get("stale")]  # a stopped bridge's figures are old
-    for board in boards:  # each board's reply latency, as the bridges measured it (median, max ms, replies)
-        figures = [b["latency"][key] for b in live if (key := str(board.machine_id)) in b.get("latency", {})]
-        board.latency = figures[0] if figures else None  # type: ignore[attr-defined]
+    health.annotate_latency(boards)  # each board's reply latency, as the live bridges measured it (median, max ms)
+    health.annotate(boards)  # environment, version, behind, free-heap trend
     machines = list(
         Machine.objects.select_related("board_credential").order_by(F("board_credential").asc(nulls_first=True), "pk")[
             :SYSTEM_ROWS
@@ -206,6 +204,7 @@ def system_view(request: HttpRequest) -> HttpResponse:
         "boards": boards,
         "online_boards": online,
         "board_count": Board.objects.count(),
+        "behind_count": health.behind_count(),
         "online_count": Board.objects.filter(is_online).count(),
         "machines": machines,
         "machine_count": Machine.objects.count(),

@@ -27,7 +27,7 @@ from machines.models import Authorization, FaultReport, Machine, MachineCheck, M
 from members.models import Card, Member, Role
 
 from . import protocol as p
-from .models import Board
+from .models import Board, HeapSample
 from .outcome import Outcome
 
 logger = logging.getLogger(__name__)
@@ -87,13 +87,46 @@ class Stamps:
 stamps = Stamps()
 
 
+HEAP_HOURS = 48
+
+
+class HeapMinima:
+    """Each board's lowest free heap of the current hour, kept in memory: when a board's first ``alive`` of a new
+    hour arrives, the finished hour's minimum is queued and the next flush writes it, so the bridge writes at most
+    one row an hour per board and the fast path stays one query. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.current: dict[int, tuple[datetime, int]] = {}
+        self.finished: list[tuple[int, datetime, int]] = []
+
+    def note(self, machine_id: int, heap: int | None, at: datetime) -> None:
+        if heap is None:
+            return
+        hour = at.replace(minute=0, second=0, microsecond=0)
+        with self._lock:
+            kept = self.current.get(machine_id)
+            if kept is not None and kept[0] != hour:
+                self.finished.append((machine_id, *kept))
+                kept = None
+            self.current[machine_id] = (hour, heap if kept is None else min(kept[1], heap))
+
+    def take(self) -> list[tuple[int, datetime, int]]:
+        with self._lock:
+            taken, self.finished = self.finished, []
+        return taken
+
+
+heap_minima = HeapMinima()
+
+
 _M, _T, _P = Machine._meta.db_table, MachineType._meta.db_table, MaintenancePlan._meta.db_table
 
 
 _U, _C, _MEM, _R = Use._meta.db_table, Card._meta.db_table, Member._meta.db_table, Role._meta.db_table
 
 
-_A, _B = Authorization._meta.db_table, Board._meta.db_table
+_A, _B, _H = Authorization._meta.db_table, Board._meta.db_table, HeapSample._meta.db_table
 _F, _K = FaultReport._meta.db_table, MachineCheck._meta.db_table
 
 
@@ -245,6 +278,7 @@ def _fast_alive(machine_id: int, request: p.Alive, now: datetime) -> Outcome | N
     if not rows or not rows[0][0] or rows[0][1] is None or rows[0][1] != request.version:
         return None  # a new board or new firmware: recorded at once (and shown on the dashboard)
     stamps.board(machine_id, request.serial, request.ip, request.heap, now)
+    heap_minima.note(machine_id, request.heap, now)
     return Outcome(None)
 
 
@@ -258,7 +292,7 @@ FAST: dict[type[p.Request], Callable[[int, Any, datetime], Outcome | None]] = {
 
 
 def heartbeats_pending() -> bool:
-    return stamps.pending()
+    return stamps.pending() or bool(heap_minima.finished)
 
 
 def flush_heartbeats() -> None:
@@ -269,6 +303,7 @@ def flush_heartbeats() -> None:
     row's stamp only, and the flush never holds one machine's row while it waits for another's (it would make
     other machines' writes time out). On SQLite one transaction: the database has a single writer anyway.
     """
+    write_heap_minima()
     seen, live, uses, boards = stamps.take()
     if not (seen or live or uses or boards):
         return
@@ -297,6 +332,28 @@ def flush_heartbeats() -> None:
     )
     if any(left):
         stamps.give_back(*left)
+
+
+def write_heap_minima() -> None:
+    """The finished hours' heap minima, and the samples of those boards older than ``HEAP_HOURS`` removed."""
+    finished = heap_minima.take()
+    if not finished:
+        return
+    adapt = connection.ops.adapt_datetimefield_value
+    oldest = adapt(timezone.now() - timedelta(hours=HEAP_HOURS))
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            for machine_id, hour, minimum in finished:
+                cursor.execute(
+                    f"DELETE FROM {_H} WHERE machine_id = %s AND (hour = %s OR hour < %s)",
+                    [machine_id, adapt(hour), oldest],
+                )
+                cursor.execute(
+                    f"INSERT INTO {_H} (machine_id, hour, minimum) SELECT id, %s, %s FROM {_M} WHERE id = %s",
+                    [adapt(hour), minimum, machine_id],
+                )
+    except DatabaseError as exc:  # a lost hour of history is not worth a retry loop in the bridge
+        logger.warning("free-heap history not written (%s)", exc)
 
 
 def _write_stamps(sql: str, items: dict, row: Callable[[Any, Any], tuple]) -> dict:

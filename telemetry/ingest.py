@@ -31,6 +31,7 @@ from .fastpath import (
     card_member,
     drop_broken_connection,
     flush_heartbeats,
+    heap_minima,
     machine_of,
     machine_reply,
     stamps,
@@ -189,6 +190,7 @@ def _maintenance(machine_id: int, request: p.Maintenance, now: datetime) -> Outc
 
 
 def _alive(machine_id: int, request: p.Alive, now: datetime) -> Outcome:
+    heap_minima.note(machine_id, request.heap, now)
     board = Board.objects.filter(machine_id=machine_id).first()
     new_firmware = board is None or board.firmware != request.version
     fields = {

@@ -25,7 +25,7 @@ from machines.models import (
     Use,
 )
 from members.models import Card, Member, UnknownCard
-from telemetry.models import Board
+from telemetry.models import Board, FirmwareImage, OtaPush, Rollout
 
 from .conftest import Lab
 
@@ -49,6 +49,8 @@ def history(lab: Lab) -> Lab:
     MachineCheck.objects.create(machine=lab.laser, requested_at=now)
     Refusal.objects.create(machine=lab.laser, member=lab.normal, uid="aabbccd3", reason=Refusal.Reason.EXPIRED)
     Board.objects.create(machine=lab.laser, serial="ABC", firmware="1.2.3", ip_address="10.0.0.5")
+    image = FirmwareImage.objects.create(environment="e", version="1.2.4", data=b"\xe9", md5="0" * 32, size=1)
+    OtaPush.objects.create(rollout=Rollout.objects.create(image=image), machine=lab.laser)
     Group.objects.create(name="desk")
     KioskScreen.objects.create(name="Entrance TV", token_hash="0" * 64, created_by=lab.admin)
     seen = {"user_agent": "x", "http_accept": "x", "path_info": "/admin/login/", "username": "x@lab.test"}
