@@ -9,9 +9,12 @@ which Prometheus's rate() and increase() take as a counter reset.
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
@@ -19,41 +22,89 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpRespons
 from django.utils.decorators import sync_and_async_middleware
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-)
-from prometheus_client.exposition import choose_encoder
 
-from telemetry.metrics import FleetCollector, allowed
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+
+    from telemetry.metrics import FleetCollector
 
 # Pages of the portal: most render in tens of milliseconds, exports and reports in seconds.
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-REGISTRY = CollectorRegistry()
-REQUESTS = Counter(
-    "fabomatic_http_requests",
-    "Requests answered by the portal, per view (URL name), method and status class.",
-    ["view", "method", "status"],
-    registry=REGISTRY,
-)
-LATENCY = Histogram(
-    "fabomatic_http_request_seconds",
-    "Seconds the portal took to answer a request, per view (URL name).",
-    ["view"],
-    buckets=REQUEST_BUCKETS,
-    registry=REGISTRY,
-)
-FLEET = FleetCollector()
-REGISTRY.register(FLEET)
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
+
+class RequestCounts:
+    """Requests per (view, method, status class) and a latency histogram per view, in plain Python.
+
+    prometheus-client is imported only when /metrics is first scraped (:func:`registry`): a portal nobody scrapes
+    does not carry it (its memory budget on a Raspberry Pi, README → Memory). Thread-safe: daphne runs sync views in
+    threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.latency: dict[str, list[float]] = {}  # per view: a count per bucket (+Inf last), then the sum
+
+    def record(self, view: str, method: str, status: str, seconds: float) -> None:
+        with self._lock:
+            key = (view, method, status)
+            self.requests[key] = self.requests.get(key, 0) + 1
+            row = self.latency.setdefault(view, [0.0] * (len(REQUEST_BUCKETS) + 2))
+            row[bisect.bisect_left(REQUEST_BUCKETS, seconds)] += 1  # le: a bucket holds what is <= its bound
+            row[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+
+        with self._lock:
+            requests = dict(self.requests)
+            latency = {view: list(row) for view, row in self.latency.items()}
+        counter = CounterMetricFamily(
+            "fabomatic_http_requests",
+            "Requests answered by the portal, per view (URL name), method and status class.",
+            labels=["view", "method", "status"],
+        )
+        for labels, count in sorted(requests.items()):
+            counter.add_metric(list(labels), count)
+        yield counter
+        histogram = HistogramMetricFamily(
+            "fabomatic_http_request_seconds",
+            "Seconds the portal took to answer a request, per view (URL name).",
+            labels=["view"],
+        )
+        for view, row in sorted(latency.items()):
+            cumulative, buckets = 0.0, []
+            for bound, in_bucket in zip((*map(str, REQUEST_BUCKETS), "+Inf"), row[:-1], strict=True):
+                cumulative += in_bucket
+                buckets.append((bound, cumulative))
+            histogram.add_metric([view], buckets, sum_value=row[-1])
+        yield histogram
+
+
+COUNTS = RequestCounts()
+
+
+@cache
+def registry() -> CollectorRegistry:
+    """The portal's registry, made at the first scrape: the request counts, the fleet's gauges, the process."""
+    from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+
+    made = CollectorRegistry()
+    made.register(COUNTS)  # a collector: it has collect()
+    made.register(fleet())
+    ProcessCollector(registry=made)
+    PlatformCollector(registry=made)
+    GCCollector(registry=made)
+    return made
+
+
+@cache
+def fleet() -> FleetCollector:
+    from telemetry.metrics import FleetCollector
+
+    return FleetCollector()
 
 
 def view_label(request: HttpRequest) -> str:
@@ -69,8 +120,7 @@ def view_label(request: HttpRequest) -> str:
 def record(request: HttpRequest, response: HttpResponseBase, seconds: float) -> None:
     view = view_label(request)
     method = request.method if request.method in METHODS else "other"
-    REQUESTS.labels(view, method, f"{response.status_code // 100}xx").inc()
-    LATENCY.labels(view).observe(seconds)
+    COUNTS.record(view, method, f"{response.status_code // 100}xx", seconds)
 
 
 @sync_and_async_middleware
@@ -96,6 +146,8 @@ def request_metrics(get_response: Callable[[HttpRequest], Any]) -> Callable[[Htt
 
 
 def request_allowed(request: HttpRequest) -> bool:
+    from telemetry.metrics import allowed
+
     headers = {name.lower(): value for name, value in request.headers.items()}
     return allowed(request.META.get("REMOTE_ADDR", ""), headers, settings.METRICS_TOKEN)
 
@@ -108,5 +160,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return HttpResponseForbidden(
             b"Forbidden: only local clients or a bearer token (METRICS_TOKEN).\n", content_type="text/plain"
         )
+    from prometheus_client.exposition import choose_encoder
+
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return HttpResponse(encode(REGISTRY), content_type=content_type)
+    return HttpResponse(encode(registry()), content_type=content_type)

@@ -13,7 +13,6 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
-import segno
 from django import forms
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
@@ -225,6 +224,11 @@ def report_url(request: HttpRequest, machine: Machine) -> str:
 
 
 def qr_svg(url: str) -> SafeString:
-    """The QR code of ``url`` as inline SVG (segno; error correction M survives a scratched sticker)."""
+    """The QR code of ``url`` as inline SVG (segno; error correction M survives a scratched sticker).
+
+    segno is imported here, not with the module: the portal's every process would carry it for the few stickers a
+    lab ever prints (its memory budget on a Raspberry Pi, README → Memory)."""
+    import segno
+
     svg = segno.make(url, error="m", micro=False).svg_inline(scale=1, border=2, omitsize=True, title=url)
     return mark_safe(svg)  # segno writes the SVG; the only text in it, the title, is escaped by segno

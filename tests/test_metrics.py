@@ -330,9 +330,9 @@ def test_the_bridge_without_metrics_port_does_not_load_prometheus_client() -> No
 @pytest.fixture
 def metrics_token(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> str:
     """The token set, and the fleet read afresh at each scrape (each test has its own database)."""
-    from fabomatic.metrics import FLEET
+    from fabomatic.metrics import fleet
 
-    monkeypatch.setattr(FLEET, "ttl", 0.0)
+    monkeypatch.setattr(fleet(), "ttl", 0.0)
     settings.METRICS_TOKEN = TOKEN
     return TOKEN
 
