@@ -26,7 +26,6 @@ from auditlog.models import LogEntry
 from axes.models import AccessAttempt
 from django.contrib.auth import SESSION_KEY
 from django.core.cache import cache
-from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from pytest_django import Settings as SettingsWrapper
@@ -147,6 +146,8 @@ def test_a_staff_member_logs_in_by_verified_email_whatever_its_case(client: Clie
     staff = _member("staff.member@lab.test")
     page = _login_page(client)
     assert "Log in with Lab ID" in page and 'id="login-form"' in page  # the password form stays as a fallback
+    italian = Client(headers={"accept-language": "it"})
+    assert "Accedi con Lab ID" in italian.get("/admin/login/").content.decode()
     landed = _log_in_at_provider(client, "staff", next_url="/admin/machines/machine/")
     assert landed == "/admin/machines/machine/"
     assert _logged_in(client) == staff.pk
@@ -288,14 +289,11 @@ def test_without_password_login_only_superusers_may_use_a_password(
 
 
 @pytest.mark.browser
-def test_the_sso_button_logs_a_member_in_from_a_phone(
-    django_db_setup: None, django_db_blocker: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+def test_the_sso_button_logs_a_member_in_from_a_phone(transactional_db: None, tmp_path: Path) -> None:
     """Headless Chromium at 390 px: the portal's login page, its SSO button, the provider's form, the dashboard."""
     op_port = free_port()
-    with django_db_blocker.unblock():  # type: ignore[attr-defined]
-        _member("staff.member@lab.test", last_name="Staff")
-        env = server_env(connection.settings_dict["NAME"], redis_url="")
+    _member("staff.member@lab.test", last_name="Staff")
+    env = server_env(connection.settings_dict["NAME"], redis_url="")
     env.update(
         OIDC_ENABLED="1",
         OIDC_PROVIDER_NAME="Lab ID",
@@ -303,32 +301,27 @@ def test_the_sso_button_logs_a_member_in_from_a_phone(
         OIDC_RP_CLIENT_SECRET=serve.CLIENT_SECRET,
         OIDC_OP_DISCOVERY_URL=f"http://127.0.0.1:{op_port}/openid/.well-known/openid-configuration",
     )
-    try:
-        with daphne(env) as web, chromium() as browser:
-            provider = _start_provider(tmp_path, op_port, [f"{web.url}/oidc/callback/"])
-            try:
-                context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-                page = context.new_page()
-                page.goto(f"{web.url}/admin/login/?next=/admin/")
-                button = page.locator("#sso-login")
-                assert button.inner_text().strip() == "Log in with Lab ID"
-                box = button.bounding_box()
-                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
-                assert page.evaluate("document.documentElement.scrollWidth") <= 390
-                screenshot(page, "sso-login-phone")
-                button.click()
-                page.wait_for_url(re.compile(rf"http://127\.0\.0\.1:{op_port}/accounts/login/.*"))
-                page.fill("#op-username", "staff")
-                page.fill("#op-password", serve.PASSWORD)
-                page.click("#op-submit")
-                page.wait_for_url(f"{web.url}/admin/")
-                assert "staff.member" in page.content()  # the dashboard greets the member
-                context.close()
-            finally:
-                provider.terminate()
-                provider.wait(timeout=10)
-        with django_db_blocker.unblock():  # type: ignore[attr-defined]
-            assert _audit() == ["Logged in with single sign-on (Lab ID)"]
-    finally:
-        with django_db_blocker.unblock():  # type: ignore[attr-defined]
-            call_command("flush", interactive=False, verbosity=0)
+    with daphne(env) as web, chromium() as browser:
+        provider = _start_provider(tmp_path, op_port, [f"{web.url}/oidc/callback/"])
+        try:
+            context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+            page = context.new_page()
+            page.goto(f"{web.url}/admin/login/?next=/admin/")
+            button = page.locator("#sso-login")
+            assert button.inner_text().strip() == "Log in with Lab ID"
+            box = button.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            screenshot(page, "sso-login-phone")
+            button.click()
+            page.wait_for_url(re.compile(rf"http://127\.0\.0\.1:{op_port}/accounts/login/.*"))
+            page.fill("#op-username", "staff")
+            page.fill("#op-password", serve.PASSWORD)
+            page.click("#op-submit")
+            page.wait_for_url(f"{web.url}/admin/")
+            assert "staff.member" in page.content()  # the dashboard greets the member
+            context.close()
+        finally:
+            provider.terminate()
+            provider.wait(timeout=10)
+    assert _audit() == ["Logged in with single sign-on (Lab ID)"]

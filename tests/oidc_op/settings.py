@@ -38,6 +38,9 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 LOGIN_URL = "/accounts/login/"
+# Cookies are per host, not per port: on 127.0.0.1 beside the portal, the provider's must not overwrite the portal's.
+SESSION_COOKIE_NAME = "op_session"
+CSRF_COOKIE_NAME = "op_csrftoken"
 SITE_URL = os.environ.get("OIDC_OP_URL", "http://127.0.0.1:8000")  # the issuer is SITE_URL/openid
 OIDC_USERINFO = "tests.oidc_op.settings.userinfo"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # test users only: fast
