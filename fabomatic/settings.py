@@ -190,7 +190,8 @@ AUTHENTICATION_BACKENDS = [
     "members.backends.RoleBackend",
 ]
 if FABOMATIC_PROCESS == "bridge":
-    AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]  # no axes, no SSO in the bridge
+    # No axes and no single sign-on in the bridge.
+    AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", "members.backends.RoleBackend"]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
