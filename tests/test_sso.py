@@ -289,21 +289,24 @@ def test_without_password_login_only_superusers_may_use_a_password(
 
 
 @pytest.mark.browser
-def test_the_sso_button_logs_a_member_in_from_a_phone(transactional_db: None, tmp_path: Path) -> None:
-    """Headless Chromium at 390 px: the portal's login page, its SSO button, the provider's form, the dashboard."""
-    op_port = free_port()
+def test_the_sso_button_logs_a_member_in_and_out_from_a_phone(transactional_db: None, tmp_path: Path) -> None:
+    """Headless Chromium at 390 px: the portal's login page, its SSO button, the provider's form, the dashboard; then
+    the logout, through the provider's end of session (the portal's CSP must let the logout form go there) and back."""
+    op_port, web_port = free_port(), free_port()
+    web_url = f"http://127.0.0.1:{web_port}"
     _member("staff.member@lab.test", last_name="Staff")
     env = server_env(connection.settings_dict["NAME"], redis_url="")
     env.update(
+        PUBLIC_URL=web_url,
         OIDC_ENABLED="1",
         OIDC_PROVIDER_NAME="Lab ID",
         OIDC_RP_CLIENT_ID=serve.CLIENT_ID,
         OIDC_RP_CLIENT_SECRET=serve.CLIENT_SECRET,
         OIDC_OP_DISCOVERY_URL=f"http://127.0.0.1:{op_port}/openid/.well-known/openid-configuration",
     )
-    with daphne(env) as web, chromium() as browser:
-        provider = _start_provider(tmp_path, op_port, [f"{web.url}/oidc/callback/"])
-        try:
+    provider = _start_provider(tmp_path, op_port, [f"{web_url}/oidc/callback/", f"{web_url}/admin/login/"])
+    try:
+        with daphne(env, port=web_port) as web, chromium() as browser:
             context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
             page = context.new_page()
             page.goto(f"{web.url}/admin/login/?next=/admin/")
@@ -320,8 +323,12 @@ def test_the_sso_button_logs_a_member_in_from_a_phone(transactional_db: None, tm
             page.click("#op-submit")
             page.wait_for_url(f"{web.url}/admin/")
             assert "staff.member" in page.content()  # the dashboard greets the member
+            page.locator("#logout-form").evaluate("form => form.requestSubmit()")
+            page.wait_for_url(f"{web.url}/admin/login/")
+            page.locator("#sso-login").click()  # the provider's session ended too: it asks again
+            page.wait_for_url(re.compile(rf"http://127\.0\.0\.1:{op_port}/accounts/login/.*"))
             context.close()
-        finally:
-            provider.terminate()
-            provider.wait(timeout=10)
+    finally:
+        provider.terminate()
+        provider.wait(timeout=10)
     assert _audit() == ["Logged in with single sign-on (Lab ID)"]
