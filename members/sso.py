@@ -85,9 +85,10 @@ class Refused(Exception):
         self.email = email
 
     def record(self, request: HttpRequest) -> None:
-        if self.member is not None:
+        if self.member is not None or not self.email:  # on the member, or about no one (the provider is down)
             message = gettext_noop("Single sign-on refused: %(reason)s")
-            audit.record(self.member, message=message, params={"reason": self.reason}, access=True, request=request)
+            target = self.member if self.member is not None else Member
+            audit.record(target, message=message, params={"reason": self.reason}, access=True, request=request)
         else:
             message = gettext_noop("Single sign-on refused for “%(email)s”: %(reason)s")
             params = {"email": self.email[:254], "reason": self.reason}

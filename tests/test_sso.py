@@ -16,21 +16,26 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
+import jwt
 import pytest
 import requests
 from auditlog.models import LogEntry
 from axes.models import AccessAttempt
+from cryptography.hazmat.primitives.asymmetric import rsa
 from django.contrib.auth import SESSION_KEY
 from django.core.cache import cache
+from django.core.exceptions import SuspiciousOperation
 from django.db import connection
 from django.test import Client
-from pytest_django import Settings as SettingsWrapper
+from pytest_django import Settings
 
 from members.models import DEFAULT_ROLE, Member, Role
+from members.sso import MemberOIDCBackend
 from operations.audit import english
 from tests.oidc_op import serve
 
@@ -77,7 +82,7 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
 
 
 @pytest.fixture
-def sso(settings: SettingsWrapper, provider: Provider, db: None) -> Provider:
+def sso(settings: Settings, provider: Provider, db: None) -> Provider:
     settings.OIDC_ENABLED = True
     settings.OIDC_PROVIDER_NAME = "Lab ID"
     settings.OIDC_RP_CLIENT_ID = serve.CLIENT_ID
@@ -164,6 +169,7 @@ def test_a_staff_member_logs_in_by_verified_email_whatever_its_case(client: Clie
         ("disabled", {"disabled": True}, "This member is disabled."),
         ("cardholder", {"is_staff": False}, "This member has no portal access. Ask the lab&#x27;s staff."),
         ("disabled", {"is_active": False}, "This account is closed."),
+        ("disabled", {"deleted_at": datetime(2026, 1, 1, tzinfo=UTC)}, "This account is closed."),  # erasure asked
         ("unverified", {}, "The identity provider has not verified your e-mail address."),
     ],
 )
@@ -189,9 +195,7 @@ def test_an_unknown_email_is_refused_and_no_account_is_created(client: Client, s
     assert not AccessAttempt.objects.exists()
 
 
-def test_an_account_created_by_sso_has_no_portal_access(
-    client: Client, sso: Provider, settings: SettingsWrapper
-) -> None:
+def test_an_account_created_by_sso_has_no_portal_access(client: Client, sso: Provider, settings: Settings) -> None:
     settings.OIDC_CREATE_USERS = True
     assert _log_in_at_provider(client, "newcomer") == "/admin/login/"
     assert "created without portal access" in _login_page(client)
@@ -208,7 +212,7 @@ def test_an_account_created_by_sso_has_no_portal_access(
 
 
 def test_a_default_role_that_grants_something_is_never_given_by_sso(
-    client: Client, sso: Provider, settings: SettingsWrapper
+    client: Client, sso: Provider, settings: Settings
 ) -> None:
     settings.OIDC_CREATE_USERS = True
     Role.objects.filter(name=DEFAULT_ROLE).update(maintenance=True)
@@ -230,7 +234,7 @@ def test_a_callback_is_used_once(client: Client, sso: Provider) -> None:
 
 
 def test_sso_failures_never_lock_out_the_password_form(
-    client: Client, sso: Provider, settings: SettingsWrapper, fast_passwords: None
+    client: Client, sso: Provider, settings: Settings, fast_passwords: None
 ) -> None:
     staff = _member("staff.member@lab.test")
     staff.set_password("correct-horse-battery-9")
@@ -266,7 +270,7 @@ def test_logout_ends_the_local_session_and_the_providers(client: Client, sso: Pr
 
 
 def test_without_password_login_only_superusers_may_use_a_password(
-    client: Client, sso: Provider, settings: SettingsWrapper, fast_passwords: None
+    client: Client, sso: Provider, settings: Settings, fast_passwords: None
 ) -> None:
     settings.OIDC_PASSWORD_LOGIN = False
     staff = _member("staff.member@lab.test")
@@ -286,6 +290,51 @@ def test_without_password_login_only_superusers_may_use_a_password(
     other = Client()
     _log_in_at_provider(other, "staff")
     assert _logged_in(other) == staff.pk
+
+
+def test_an_unreachable_provider_is_said_so_on_the_login_page(
+    client: Client, sso: Provider, settings: Settings
+) -> None:
+    settings.OIDC_OP_DISCOVERY_URL = f"http://127.0.0.1:{free_port()}/.well-known/openid-configuration"
+    assert client.get("/oidc/authenticate/")["Location"] == "/admin/login/"
+    assert "The identity provider cannot be reached" in _login_page(client)
+    assert _audit() == ["Single sign-on refused: The identity provider cannot be reached. Please try again later."]
+
+
+def test_an_id_token_for_another_client_or_with_another_algorithm_is_refused(settings: Settings) -> None:
+    settings.OIDC_ENABLED = True
+    settings.OIDC_RP_CLIENT_ID = "fabomatic"
+    settings.OIDC_OP_ISSUER = "https://id.lab.test"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    claims = {"iss": "https://id.lab.test", "sub": "1", "aud": "fabomatic", "iat": 1, "exp": 4102444800}
+    backend = MemberOIDCBackend()
+    assert backend._verify_jws(jwt.encode(claims, key, algorithm="RS256"), key.public_key())["sub"] == "1"
+    with pytest.raises(jwt.InvalidAudienceError):
+        backend._verify_jws(jwt.encode({**claims, "aud": "another-app"}, key, algorithm="RS256"), key.public_key())
+    with pytest.raises(jwt.InvalidIssuerError):
+        forged = jwt.encode({**claims, "iss": "https://evil.test"}, key, algorithm="RS256")
+        backend._verify_jws(forged, key.public_key())
+    with pytest.raises(jwt.ExpiredSignatureError):
+        backend._verify_jws(jwt.encode({**claims, "exp": 2}, key, algorithm="RS256"), key.public_key())
+    with pytest.raises(SuspiciousOperation):  # signed with the client secret instead of the provider's key
+        backend._verify_jws(jwt.encode(claims, "a-shared-secret-of-32-bytes-or-more!", algorithm="HS256"), "x")
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"OIDC_RP_CLIENT_ID": ""}, "OIDC_ENABLED needs OIDC_RP_CLIENT_ID and OIDC_RP_CLIENT_SECRET"),
+        ({"OIDC_OP_DISCOVERY_URL": ""}, "OIDC_ENABLED needs OIDC_OP_DISCOVERY_URL, or"),
+    ],
+)
+def test_the_portal_refuses_to_start_with_half_a_configuration(env: dict[str, str], error: str) -> None:
+    full = {"OIDC_ENABLED": "1", "OIDC_RP_CLIENT_ID": "c", "OIDC_RP_CLIENT_SECRET": "s"}
+    full["OIDC_OP_DISCOVERY_URL"] = "https://id.lab.test/.well-known/openid-configuration"
+    command = [sys.executable, "-c", "import django; django.setup()"]
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "fabomatic.settings", **full}
+    assert subprocess.run(command, cwd=ROOT, env=environment, capture_output=True).returncode == 0
+    broken = subprocess.run(command, cwd=ROOT, env={**environment, **env}, capture_output=True, text=True)
+    assert broken.returncode != 0 and error in broken.stderr
 
 
 @pytest.mark.browser
