@@ -209,6 +209,12 @@ def test_an_account_created_by_sso_has_no_portal_access(client: Client, sso: Pro
     assert _log_in_at_provider(client, "newcomer") == "/admin/login/"
     assert Member.objects.filter(email__iexact="newcomer@lab.test").count() == 1
     assert _logged_in(client) is None
+    # Staff give it portal access (view only, its role grants nothing more): now it logs in.
+    Member.objects.filter(pk=created.pk).update(is_staff=True)
+    assert _log_in_at_provider(client, "newcomer") == "/admin/"
+    assert _logged_in(client) == created.pk
+    permissions = Member.objects.get(pk=created.pk).get_all_permissions()
+    assert permissions and all(".view_" in permission for permission in permissions)
 
 
 def test_a_default_role_that_grants_something_is_never_given_by_sso(
