@@ -34,6 +34,7 @@ from django.db import connection
 from django.test import Client
 from pytest_django import Settings
 
+from fabomatic.checks import check_identity_provider
 from members.models import DEFAULT_ROLE, Member, Role
 from members.sso import MemberOIDCBackend
 from operations.audit import english
@@ -341,6 +342,16 @@ def test_the_portal_refuses_to_start_with_half_a_configuration(env: dict[str, st
     assert subprocess.run(command, cwd=ROOT, env=environment, capture_output=True).returncode == 0
     broken = subprocess.run(command, cwd=ROOT, env={**environment, **env}, capture_output=True, text=True)
     assert broken.returncode != 0 and error in broken.stderr
+
+
+def test_check_deploy_warns_about_a_provider_over_plain_http(settings: Settings) -> None:
+    settings.OIDC_ENABLED = True
+    settings.OIDC_OP_DISCOVERY_URL = "https://id.lab.test/.well-known/openid-configuration"
+    assert check_identity_provider() == []
+    settings.OIDC_OP_DISCOVERY_URL = "http://id.lab.test/.well-known/openid-configuration"
+    assert [warning.id for warning in check_identity_provider()] == ["fabomatic.W020"]
+    settings.OIDC_ENABLED = False
+    assert check_identity_provider() == []
 
 
 @pytest.mark.browser
