@@ -373,7 +373,16 @@ def test_the_sso_button_logs_a_member_in_and_out_from_a_phone(transactional_db: 
     provider = _start_provider(tmp_path, op_port, [f"{web_url}/oidc/callback/", f"{web_url}/admin/login/"])
     try:
         with daphne(env, port=web_port) as web, chromium() as browser:
-            context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+            phone = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
+            italian = browser.new_context(**phone, locale="it-IT")  # type: ignore[arg-type]
+            page = italian.new_page()
+            page.goto(f"{web.url}/admin/login/")
+            assert page.locator("#sso-login").inner_text().strip() == "Accedi con Lab ID"
+            assert "oppure con la tua password" in page.content()
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            screenshot(page, "sso-login-phone-it")
+            italian.close()
+            context = browser.new_context(**phone)  # type: ignore[arg-type]
             page = context.new_page()
             page.goto(f"{web.url}/admin/login/?next=/admin/")
             button = page.locator("#sso-login")
