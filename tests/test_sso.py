@@ -28,6 +28,7 @@ from auditlog.models import LogEntry
 from axes.models import AccessAttempt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.contrib.auth import SESSION_KEY
+from django.core import mail
 from django.core.cache import cache
 from django.core.exceptions import SuspiciousOperation
 from django.db import connection
@@ -36,6 +37,7 @@ from pytest_django import Settings
 
 from fabomatic.checks import check_identity_provider
 from members.models import DEFAULT_ROLE, Member, Role
+from members.services import send_password_emails
 from members.sso import MemberOIDCBackend
 from operations.audit import english
 from tests.oidc_op import serve
@@ -293,6 +295,9 @@ def test_without_password_login_only_superusers_may_use_a_password(
     assert _audit() == ["Failed login"]
     answer = client.post("/admin/login/?password=1", {"username": root.email, "password": "correct-horse-battery-9"})
     assert answer.status_code == 302 and _logged_in(client) == root.pk
+    # No password e-mails for staff either (the superuser's break-glass still gets one).
+    send_password_emails(Member.objects.filter(pk__in=[staff.pk, root.pk]))
+    assert [message.to for message in mail.outbox] == [[root.email]]
     # SSO still works for staff.
     other = Client()
     _log_in_at_provider(other, "staff")
