@@ -50,3 +50,29 @@ def check_mail(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+OIDC_URLS = (
+    "OIDC_OP_DISCOVERY_URL",
+    "OIDC_OP_AUTHORIZATION_ENDPOINT",
+    "OIDC_OP_TOKEN_ENDPOINT",
+    "OIDC_OP_USER_ENDPOINT",
+    "OIDC_OP_JWKS_ENDPOINT",
+)
+
+
+@register(Tags.security, deploy=True)
+def check_identity_provider(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Single sign-on over plain HTTP: the client secret, codes and tokens would cross the network readable."""
+    if not getattr(settings, "OIDC_ENABLED", False):
+        return []
+    plain = [name for name in OIDC_URLS if str(getattr(settings, name, "")).startswith("http://")]
+    if not plain:
+        return []
+    return [
+        Warning(
+            f"Single sign-on talks to the identity provider over plain HTTP ({', '.join(plain)}).",
+            hint="Use the provider's https:// addresses (OIDC_CA_BUNDLE for a certificate of the lab's own CA).",
+            id="fabomatic.W020",
+        )
+    ]

@@ -182,12 +182,16 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "members.Member"
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's password login (ModelBackend), refused to all but superusers while OIDC_PASSWORD_LOGIN is off.
+    "members.sso.PasswordBackend",
+    # Single sign-on (members/sso.py): logs in from the provider's callback only, never with a password.
+    "members.sso.MemberOIDCBackend",
     # Portal permissions from the member's role (backend admin / maintenance / view only).
     "members.backends.RoleBackend",
 ]
 if FABOMATIC_PROCESS == "bridge":
-    AUTHENTICATION_BACKENDS = AUTHENTICATION_BACKENDS[1:]  # no axes in the bridge
+    # No axes and no single sign-on in the bridge.
+    AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", "members.backends.RoleBackend"]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -202,6 +206,44 @@ AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_USERNAME_FORM_FIELD = "username"
+
+# --- Single sign-on (OpenID Connect, members/sso.py; README "Single sign-on (OpenID Connect)") -----------------------
+# Off by default. The provider is found by its discovery document (OIDC_OP_DISCOVERY_URL) or by its endpoints one by
+# one (these win over discovery). Members are matched by verified e-mail; none is created unless OIDC_CREATE_USERS
+# (then without portal access). OIDC_PASSWORD_LOGIN=false: only superusers may still log in with a password.
+OIDC_ENABLED = env.bool("OIDC_ENABLED", default=False)
+OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="")
+OIDC_RP_CLIENT_ID = env.str("OIDC_RP_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = env.str("OIDC_RP_CLIENT_SECRET", default="")
+OIDC_OP_DISCOVERY_URL = env.str("OIDC_OP_DISCOVERY_URL", default="")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT = env.str("OIDC_OP_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT = env.str("OIDC_OP_USER_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT = env.str("OIDC_OP_JWKS_ENDPOINT", default="")
+OIDC_OP_LOGOUT_ENDPOINT = env.str("OIDC_OP_LOGOUT_ENDPOINT", default="")
+OIDC_OP_ISSUER = env.str("OIDC_OP_ISSUER", default="")
+OIDC_RP_SIGN_ALGO = env.str("OIDC_RP_SIGN_ALGO", default="RS256")
+OIDC_CREATE_USERS = env.bool("OIDC_CREATE_USERS", default=False)
+OIDC_PASSWORD_LOGIN = env.bool("OIDC_PASSWORD_LOGIN", default=True)
+# A provider with a certificate of the lab's own CA: that CA's file (verification is never turned off).
+OIDC_VERIFY_SSL: bool | str = env.str("OIDC_CA_BUNDLE", default="") or True
+OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=10)
+OIDC_RP_SCOPES = "openid email profile"
+OIDC_USE_PKCE = True
+OIDC_USE_NONCE = True
+OIDC_STORE_ID_TOKEN = True  # the logout's id_token_hint
+OIDC_AUTHENTICATION_CALLBACK_URL = "oidc_callback"
+# Where the provider sends a member back after its own logout (register it at the provider as post-logout URI).
+OIDC_LOGOUT_REDIRECT_URL = f"{PUBLIC_URL}/admin/login/"
+if OIDC_ENABLED:
+    if not OIDC_RP_CLIENT_ID or not OIDC_RP_CLIENT_SECRET:
+        raise environ.ImproperlyConfigured("OIDC_ENABLED needs OIDC_RP_CLIENT_ID and OIDC_RP_CLIENT_SECRET")
+    _endpoints = (OIDC_OP_AUTHORIZATION_ENDPOINT, OIDC_OP_TOKEN_ENDPOINT, OIDC_OP_USER_ENDPOINT, OIDC_OP_JWKS_ENDPOINT)
+    if not OIDC_OP_DISCOVERY_URL and not all(_endpoints):
+        raise environ.ImproperlyConfigured(
+            "OIDC_ENABLED needs OIDC_OP_DISCOVERY_URL, or OIDC_OP_AUTHORIZATION_ENDPOINT, OIDC_OP_TOKEN_ENDPOINT, "
+            "OIDC_OP_USER_ENDPOINT and OIDC_OP_JWKS_ENDPOINT"
+        )
 
 # --- Internationalisation -------------------------------------------------------------------
 LANGUAGE_CODE = env("LANGUAGE_CODE")
@@ -395,6 +437,12 @@ CONTENT_SECURITY_POLICY = {
         "frame-ancestors": ["'none'"],
     }
 }
+if OIDC_ENABLED:
+    # The logout form's POST is redirected to the provider's end_session_endpoint: form-action covers redirects.
+    _provider = {OIDC_OP_DISCOVERY_URL, OIDC_OP_LOGOUT_ENDPOINT} - {""}
+    CONTENT_SECURITY_POLICY["DIRECTIVES"]["form-action"] += sorted(
+        f"{urlsplit(url).scheme}://{urlsplit(url).netloc}" for url in _provider
+    )
 
 # --- Logging --------------------------------------------------------------------------------
 # Besides the console (journald), each long-running process keeps a small rotating file in LOG_DIR, one per

@@ -7,6 +7,7 @@ from django.views.generic import RedirectView
 from fabomatic.metrics import metrics_view
 from machines import faults
 from machines.kiosk_views import kiosk_page
+from members import sso
 from members.password_reset import RateLimitedPasswordResetView
 from members.views import member_report_view
 
@@ -35,6 +36,10 @@ urlpatterns = [
     ),
     # Sign-off at the machine (a trainer's phone): machines/training_views.py, trainers only.
     path("admin/sign-off/", include("machines.training_urls")),
+    # Single sign-on (members/sso.py; 404 while OIDC_ENABLED is off). The logout ends the provider's session too.
+    path("oidc/authenticate/", sso.StartView.as_view(), name="oidc_authenticate"),
+    path("oidc/callback/", sso.callback_view, name="oidc_callback"),
+    path("admin/logout/", sso.logout_view),
     path("admin/", admin.site.urls),
     # Prometheus: to this machine's own clients or a bearer token only (README "Metrics, Grafana and alerts").
     path("metrics", metrics_view, name="fabomatic_metrics"),

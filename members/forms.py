@@ -84,11 +84,16 @@ class MemberChangeForm(UserChangeForm):
 class StaffPasswordResetForm(PasswordResetForm):
     """Django's reset form, extended to staff who have never had a password (imported, or added by an admin).
 
-    Card holders without portal access still get nothing: they have no use for a password.
+    Card holders without portal access still get nothing: they have no use for a password. Neither do staff while
+    single sign-on has replaced password login (``OIDC_PASSWORD_LOGIN`` off): only superusers, the break-glass.
     """
 
     def get_users(self, email: str) -> Iterator[Member]:
+        from members.sso import password_login_allowed
+
         members = Member.objects.filter(email__iexact=email, is_active=True, deleted_at__isnull=True)
+        if not password_login_allowed():
+            members = members.filter(is_superuser=True)
         return (m for m in members if m.has_usable_password() or m.is_staff)
 
 

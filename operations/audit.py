@@ -331,6 +331,15 @@ def follow_anonymisation(model: type[Model], anonymous: Member) -> int:
 
 
 def on_login(sender: object, request: HttpRequest | None, user: Member, **kwargs: object) -> None:
+    """A login; by single sign-on (``members/sso.py``: the session names its backend), with the provider's name."""
+    from django.contrib.auth import BACKEND_SESSION_KEY
+
+    session = getattr(request, "session", None)
+    if session is not None and session.get(BACKEND_SESSION_KEY) == "members.sso.MemberOIDCBackend":
+        provider = getattr(settings, "OIDC_PROVIDER_NAME", "") or "OpenID Connect"
+        message = gettext_noop("Logged in with single sign-on (%(provider)s)")
+        record(user, message=message, params={"provider": provider}, access=True, actor=user, request=request)
+        return
     record(user, message=gettext_noop("Logged in"), access=True, actor=user, request=request)
 
 

@@ -103,9 +103,10 @@ def _log_kept_on_failure(server: Process) -> Iterator[None]:
 
 
 @contextmanager
-def daphne(env: dict[str, str]) -> Iterator[Daphne]:
-    """The real ASGI server of the portal (HTTP + websockets) on a free port."""
-    port = free_port()
+def daphne(env: dict[str, str], port: int | None = None) -> Iterator[Daphne]:
+    """The real ASGI server of the portal (HTTP + websockets) on a free port (or on ``port``, when a test must know
+    the address before the server starts, e.g. to register it at an identity provider)."""
+    port = port or free_port()
     args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "fabomatic.asgi:application"]
     process, log = _spawn(args, env, "daphne")
     server = Daphne(process=process, log=log, port=port)

@@ -62,3 +62,19 @@ def hours(value: float | None) -> str:
 def short_dt(value: datetime | None) -> str:
     """The portal's one date-and-time format, as in the lists' columns."""
     return short_datetime(value)
+
+
+@register.simple_tag(takes_context=True)
+def login_options(context: template.Context) -> dict:
+    """What the login page offers: the single sign-on button (and the provider's name), and whether the password form
+    shows (always, unless OIDC_PASSWORD_LOGIN is off: then only at ?password=1, the superusers' break-glass)."""
+    from members import sso
+
+    request = context.get("request")
+    asked = request is not None and request.GET.get("password") == "1"
+    return {
+        "sso": sso.enabled(),
+        "provider": sso.provider_name(),
+        "password_form": sso.password_login_allowed() or asked,
+        "password_allowed": sso.password_login_allowed(),
+    }
