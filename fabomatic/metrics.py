@@ -90,7 +90,6 @@ def registry() -> CollectorRegistry:
     """The portal's registry, made at the first scrape: the request counts, the fleet's gauges, the process."""
     from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-
     made = CollectorRegistry()
     made.register(COUNTS)  # a collector: it has collect()
     made.register(fleet())

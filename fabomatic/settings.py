@@ -184,8 +184,8 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     # Django's password login (ModelBackend), refused to all but superusers while OIDC_PASSWORD_LOGIN is off.
     "members.sso.PasswordBackend",
-    # Single sign-on (members/sso.py): logs in from the provider's callback only, never with a password.
-    "members.sso.MemberOIDCBackend",
+    # Sessions opened by single sign-on (members/sso.py; the callback logs in, never a password).
+    "members.sso.SSOBackend",
     # Portal permissions from the member's role (backend admin / maintenance / view only).
     "members.backends.RoleBackend",
 ]

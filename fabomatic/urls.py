@@ -37,7 +37,7 @@ urlpatterns = [
     # Sign-off at the machine (a trainer's phone): machines/training_views.py, trainers only.
     path("admin/sign-off/", include("machines.training_urls")),
     # Single sign-on (members/sso.py; 404 while OIDC_ENABLED is off). The logout ends the provider's session too.
-    path("oidc/authenticate/", sso.StartView.as_view(), name="oidc_authenticate"),
+    path("oidc/authenticate/", sso.start_view, name="oidc_authenticate"),
     path("oidc/callback/", sso.callback_view, name="oidc_callback"),
     path("admin/logout/", sso.logout_view),
     path("admin/", admin.site.urls),

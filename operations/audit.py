@@ -335,7 +335,7 @@ def on_login(sender: object, request: HttpRequest | None, user: Member, **kwargs
     from django.contrib.auth import BACKEND_SESSION_KEY
 
     session = getattr(request, "session", None)
-    if session is not None and session.get(BACKEND_SESSION_KEY) == "members.sso.MemberOIDCBackend":
+    if session is not None and session.get(BACKEND_SESSION_KEY) == "members.sso.SSOBackend":
         provider = getattr(settings, "OIDC_PROVIDER_NAME", "") or "OpenID Connect"
         message = gettext_noop("Logged in with single sign-on (%(provider)s)")
         record(user, message=message, params={"provider": provider}, access=True, actor=user, request=request)

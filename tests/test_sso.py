@@ -37,8 +37,8 @@ from pytest_django import Settings
 
 from fabomatic.checks import check_identity_provider
 from members.models import DEFAULT_ROLE, Member, Role
+from members.oidc import MemberOIDCBackend
 from members.services import send_password_emails
-from members.sso import MemberOIDCBackend
 from operations.audit import english
 from tests.oidc_op import serve
 
