@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
+from integrations import outbox
 from members.models import Member
 
 from .models import Authorization, Intervention, Machine, MachineType, MaintenancePlan, Use
@@ -282,6 +283,7 @@ def begin_use(
         **fields,
     )
     stamp_use(member.pk, machine_id, started_at)
+    outbox.use_started(use)
     return use
 
 
@@ -292,6 +294,8 @@ def use_closed(use: Use, *, check_after_use: bool | None = None) -> None:
     from .safety import require_check
 
     require_check(use, wanted=check_after_use)
+    outbox.use_ended(use)
+    outbox.maintenance_due(use.machine_id)
 
 
 def close_use(
