@@ -186,3 +186,12 @@ def authorizations_expiring(days: int, now: datetime | None = None) -> int:
         emit(EventType.AUTHORIZATION_EXPIRING, data, key=f"expiring:{auth.pk}:{iso(auth.expires_at)}")
         count += 1
     return count
+
+
+def forget_member(member_id: int, uids: list[str]) -> int:
+    """Erasure: the events that name the member (their first name) or one of their cards go, with their deliveries.
+    Returns how many events were deleted."""
+    from django.db.models import Q
+
+    deleted, _ = Event.objects.filter(Q(data__member__id=member_id) | Q(data__uid__in=uids)).delete()
+    return deleted

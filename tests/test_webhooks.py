@@ -295,3 +295,20 @@ def test_blocking_in_the_portal_and_sending_again(boss_client: Client, lab: Lab,
     deliver()
     assert receiver.events() == ["machine.blocked", "machine.blocked"]
     assert LogEntry.objects.get_for_object(sub).filter(action=LogEntry.Action.UPDATE).exists()
+
+
+def test_erasing_a_member_erases_the_events_that_name_them(lab: Lab, receiver: Receiver, db: None) -> None:
+    from machines import services
+    from members.gdpr import erase_member
+
+    subscribe(receiver)
+    now = timezone.now()
+    services.begin_use(member=lab.normal, machine_id=1, started_at=now, last_seen=now)
+    services.begin_use(member=lab.staff, machine_id=2, started_at=now, last_seen=now)
+    outbox.unknown_card("aabbccd3", 2, now)  # Nina's card, swiped where it was not known as hers
+    delivery.dispatch()
+    erase_member(lab.normal)
+    assert "Nina" not in str(list(Event.objects.values_list("data", flat=True)))
+    assert "aabbccd3" not in str(list(Event.objects.values_list("data", flat=True)))
+    assert list(Event.objects.values_list("type", flat=True)) == ["use.started"]  # Sam's
+    assert Delivery.objects.count() == 1
