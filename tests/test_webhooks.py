@@ -87,20 +87,21 @@ def test_a_use_at_the_board_is_posted_signed(lab: Lab, m1: SimBoard, receiver: R
 @pytest.mark.django_db(transaction=True)
 def test_the_bridge_answers_while_a_receiver_hangs(lab: Lab, m1: SimBoard, receiver: Receiver) -> None:
     subscribe(receiver, ["use.started", "use.ended"])
-    receiver.hang.set()  # every POST waits 3 s before its answer
+    receiver.hang.set()  # every POST waits until the test releases it
     stop = threading.Event()
     worker = threading.Thread(target=delivery.run, args=(stop, 0.05), daemon=True)
     worker.start()
     try:
         assert m1.ask({"action": "startuse", "uid": N})["request_ok"] is True
         assert receiver.arrived.wait(10), "the worker did not POST use.started"
-        began = time.monotonic()
-        reply = m1.ask({"action": "stopuse", "uid": N, "duration": 0})
-        latency = time.monotonic() - began
-        assert reply["request_ok"] is True and latency < 1.0
-        # the POST of use.started was still waiting on the receiver when the reply came
+        reply = m1.ask({"action": "stopuse", "uid": N, "duration": 0})  # within the board's own 2 s
+        assert reply["request_ok"] is True
+        # the POST of use.started is still waiting on the receiver: the reply never waited for it
+        assert receiver.in_flight == 1
         assert Delivery.objects.get(event__type="use.started").attempts == 0
+        receiver.release.set()
     finally:
+        receiver.release.set()
         stop.set()
         worker.join(15)
     assert Event.objects.filter(type="use.ended").exists()
@@ -200,6 +201,7 @@ def test_timeouts_and_refused_connections_are_retried(
     assert refused.next_attempt_at and refused.last_attempt_at
     assert refused.next_attempt_at - refused.last_attempt_at == timedelta(seconds=30)
     receiver.hang.clear()
+    receiver.release.set()
     delivery.send_again(Delivery.objects.filter(pk=slow.pk))
     delivery.deliver_due()
     slow.refresh_from_db()

@@ -37,7 +37,9 @@ class Received:
 class Receiver:
     secret: str = ""
     status: int = 200  # what to answer
-    hang: threading.Event = field(default_factory=threading.Event)  # cleared: answer at once; set: hang
+    hang: threading.Event = field(default_factory=threading.Event)  # set: each POST waits for `release`
+    release: threading.Event = field(default_factory=threading.Event)
+    in_flight: int = 0  # POSTs received and not yet answered
     received: list[Received] = field(default_factory=list)
     rejected: int = 0
     arrived: threading.Event = field(default_factory=threading.Event)
@@ -59,9 +61,11 @@ class Receiver:
                 receiver.received.append(
                     Received(event, self.headers.get("X-Fabomatic-Delivery", ""), json.loads(body), valid)
                 )
+                receiver.in_flight += 1
                 receiver.arrived.set()
                 if receiver.hang.is_set():
-                    time.sleep(3)
+                    receiver.release.wait(30)
+                receiver.in_flight -= 1
                 if not valid:
                     receiver.rejected += 1
                     self.send_response(400)
@@ -79,6 +83,7 @@ class Receiver:
         return self
 
     def stop(self) -> None:
+        self.release.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
