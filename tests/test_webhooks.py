@@ -314,3 +314,17 @@ def test_erasing_a_member_erases_the_events_that_name_them(lab: Lab, receiver: R
     assert "aabbccd3" not in str(list(Event.objects.values_list("data", flat=True)))
     assert list(Event.objects.values_list("type", flat=True)) == ["use.started"]  # Sam's
     assert Delivery.objects.count() == 1
+
+
+def test_a_correction_in_the_portal_can_make_maintenance_due(lab: Lab, receiver: Receiver, db: None) -> None:
+    from machines import services
+
+    subscribe(receiver, ["maintenance.due"])
+    start = timezone.now() - timedelta(hours=12)
+    use = services.register_use(
+        member=lab.normal, machine=lab.laser, started_at=start, ended_at=start + timedelta(hours=9)
+    )
+    assert not Event.objects.exists()
+    services.correct_use(use, started_at=start, ended_at=start + timedelta(hours=10, minutes=30))  # recounted: due
+    services.correct_use(use, started_at=start, ended_at=start + timedelta(hours=11))  # the same interval: no more
+    assert [e.data["plan"]["description"] for e in Event.objects.all()] == ["Clean the lens"]
