@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 FIRST_RETRY_SECONDS = 30
 LONGEST_WAIT_SECONDS = 3600
-BATCH = 50
+PER_RECEIVER = 20  # deliveries to one webhook per pass
 USER_AGENT = "Fab-O-Matic-Webhooks/1"
 
 
@@ -138,17 +138,20 @@ def attempt(delivery: Delivery, now: datetime, send: Poster = post) -> Delivery:
     return delivery
 
 
-def deliver_due(now: datetime | None = None, send: Poster = post, limit: int = BATCH) -> int:
-    """Attempt the deliveries whose time has come, oldest first. Returns how many were attempted."""
+def deliver_due(now: datetime | None = None, send: Poster = post, per_receiver: int = PER_RECEIVER) -> int:
+    """Attempt the deliveries whose time has come, oldest first, at most ``per_receiver`` per webhook in one pass,
+    and none more to a webhook once one to it failed in this pass: a dead or slow receiver costs one timeout per
+    pass, never the other receivers' turn. Returns how many were attempted."""
     now = now or timezone.now()
-    due = list(
-        Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
-        .select_related("event", "subscription")
-        .order_by("next_attempt_at", "pk")[:limit]
-    )
-    for delivery in due:
-        attempt(delivery, now, send)
-    return len(due)
+    due = Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
+    attempted = 0
+    for subscription_id in sorted(set(due.values_list("subscription_id", flat=True))):
+        rows = due.filter(subscription_id=subscription_id).select_related("event", "subscription")
+        for delivery in rows.order_by("next_attempt_at", "pk")[:per_receiver]:
+            attempted += 1
+            if attempt(delivery, now, send).status != Delivery.Status.DELIVERED:
+                break
+    return attempted
 
 
 def send_again(deliveries: Any, now: datetime | None = None) -> int:
@@ -183,7 +186,7 @@ def run(stop: threading.Event, interval: float = 1.0, *, once: bool = False) -> 
                 outbox.authorizations_expiring(settings.TRAINING_REMINDER_DAYS)
                 last_expiring = time.monotonic()
             dispatch()
-            busy = deliver_due() == BATCH
+            busy = deliver_due() > 0  # more may be due at once; failures were rescheduled into the future
         except Exception:
             logger.exception("webhook delivery pass failed")
             close_old_connections()

@@ -328,3 +328,21 @@ def test_a_correction_in_the_portal_can_make_maintenance_due(lab: Lab, receiver:
     services.correct_use(use, started_at=start, ended_at=start + timedelta(hours=10, minutes=30))  # recounted: due
     services.correct_use(use, started_at=start, ended_at=start + timedelta(hours=11))  # the same interval: no more
     assert [e.data["plan"]["description"] for e in Event.objects.all()] == ["Clean the lens"]
+
+
+def test_a_hanging_receiver_costs_one_timeout_per_pass_not_the_others_turn(
+    lab: Lab, receiver: Receiver, db: None, settings: Settings
+) -> None:
+    settings.WEBHOOK_TIMEOUT = 0.5
+    healthy = Receiver().start()
+    try:
+        Subscription.objects.create(url=receiver.url, events=["machine.blocked"])
+        subscribe(healthy, ["machine.blocked"])
+        receiver.hang.set()
+        outbox.machines_blocked([lab.laser, lab.printer, lab.laser], blocked=True)
+        delivery.dispatch()
+        assert delivery.deliver_due() == 4
+        assert len(receiver.received) == 1  # the first one timed out: its other two wait for the next pass
+        assert healthy.events() == ["machine.blocked"] * 3
+    finally:
+        healthy.stop()
