@@ -4,7 +4,11 @@ with backoff until given up after 24 h, and a bridge that never waits on a recei
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +18,7 @@ import pytest
 import time_machine
 from auditlog.models import LogEntry
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -27,7 +32,8 @@ from members.models import Member, Role
 
 from .boards import SimBoard, time_passes
 from .conftest import Lab
-from .services import free_port
+from .services import ROOT, Broker, free_port
+from .test_bridge_robustness import ask_until_answered, spawn_bridge
 from .webhook_receiver import Receiver, verify
 
 N = "aabbccd3"
@@ -346,3 +352,37 @@ def test_a_hanging_receiver_costs_one_timeout_per_pass_not_the_others_turn(
         assert healthy.events() == ["machine.blocked"] * 3
     finally:
         healthy.stop()
+
+
+@pytest.mark.broker
+@pytest.mark.django_db(transaction=True)
+def test_as_deployed_bridge_and_worker_processes(lab: Lab, broker: Broker, receiver: Receiver) -> None:
+    """``mqtt_listen`` and ``deliver_webhooks`` as the Procfile starts them, each a process of its own: a board's use
+    reaches the receiver, and SIGTERM stops the worker cleanly."""
+    subscribe(receiver, ["use.started", "use.ended"])
+    bridge = spawn_bridge(broker, "webhooks")
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}", "WEBHOOK_ALLOW_HTTP": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "deliver_webhooks", "--interval", "0.1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    board = SimBoard(broker.port, 1)
+    try:
+        assert ask_until_answered(board, {"action": "startuse", "uid": N})["request_ok"] is True
+        assert board.ask({"action": "stopuse", "uid": N, "duration": 0})["request_ok"] is True
+        deadline = time.monotonic() + 20
+        while len(receiver.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert receiver.events() == ["use.started", "use.ended"] and all(r.valid for r in receiver.received)
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=20)
+        assert worker.returncode == 0, output.decode()
+    finally:
+        board.close()
+        for proc in (worker, bridge):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(20)
