@@ -88,7 +88,8 @@ Poster = Callable[[str, bytes, dict[str, str], float], Answer]
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
     """One POST, never following redirects; any failure is an answer, never an exception."""
     try:
-        response = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+        # stream: the answer's body is never read (a receiver could send gigabytes); its status is all we keep.
+        response = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True)
     except requests.Timeout:
         return Answer(None, f"no answer within {timeout:g} s")
     except requests.RequestException as exc:
