@@ -3,8 +3,9 @@
 Each machine is one Home Assistant device with three sensors, announced by retained config topics
 ``<prefix>/sensor/fabomatic_<id>/<state|user|hours>/config``: its state (an enum: free, in_use, blocked,
 maintenance, offline), the first name of whoever is on it, and its hour meter (h, ``total_increasing``). All three
-read one retained JSON state topic, ``<prefix>/fabomatic/<id>/state``, with the machine's availability on
-``<prefix>/fabomatic/<id>/availability``.
+read one retained JSON state topic, ``<prefix>/fabomatic/<id>/state``; they are available while both
+``<prefix>/fabomatic/<id>/availability`` (the machine is known) and ``<prefix>/fabomatic/bridge/availability`` (a
+bridge is publishing; the bridge's MQTT will sets it ``offline`` if it dies) say ``online``.
 
 The bridge's live thread calls :meth:`HomeAssistant.update` with the tiles it just sent to the dashboards (off the
 reply path), and :meth:`HomeAssistant.full` every :data:`FULL_EVERY` seconds: portal changes, boards going offline
@@ -60,6 +61,11 @@ class HomeAssistant:
         return f"{self.prefix}/fabomatic/{machine_id}/availability"
 
     @property
+    def bridge_topic(self) -> str:
+        """``online`` while a bridge publishes; ``offline`` when it stops, by itself or by its MQTT will (a crash)."""
+        return f"{self.prefix}/fabomatic/bridge/availability"
+
+    @property
     def existing(self) -> str:
         """The filter of the state sensors' configs: what the broker holds of earlier runs."""
         return f"{self.prefix}/sensor/+/state/config"
@@ -81,7 +87,8 @@ class HomeAssistant:
         device = {"identifiers": [f"{NODE}{machine_id}"], "name": name, "manufacturer": "Fab-O-Matic"}
         common = {
             "state_topic": self.state_topic(machine_id),
-            "availability": [{"topic": self.availability_topic(machine_id)}],
+            "availability": [{"topic": self.availability_topic(machine_id)}, {"topic": self.bridge_topic}],
+            "availability_mode": "all",
             "device": device,
             "origin": {"name": "Fab-O-Matic"},
         }
@@ -153,6 +160,7 @@ class HomeAssistant:
     def full(self) -> None:
         """Every machine's state, and the configs of machines that no longer exist removed."""
         machine_tiles = tiles()
+        self.publish(self.bridge_topic, "online", True)
         self.update(machine_tiles)
         present = {tile["id"] for tile in machine_tiles}
         with self._lock:
@@ -180,9 +188,7 @@ class HomeAssistant:
 
     def offline(self) -> None:
         """The bridge stops: every machine unavailable in Home Assistant until it is back."""
-        with self._lock:
-            for machine_id in self._configured:
-                self.publish(self.availability_topic(machine_id), "offline", True)
+        self.publish(self.bridge_topic, "offline", True)
 
 
 def attach(client: Any) -> HomeAssistant:
@@ -190,4 +196,5 @@ def attach(client: Any) -> HomeAssistant:
     :meth:`HomeAssistant.on_existing`, never to the boards' message handler."""
     ha = HomeAssistant(lambda topic, payload, retain: client.publish(topic, payload, qos=1, retain=retain))
     client.message_callback_add(ha.existing, ha.on_existing)
+    client.will_set(ha.bridge_topic, "offline", qos=1, retain=True)  # before the connection: the broker keeps it
     return ha

@@ -22,6 +22,7 @@ from telemetry.mqtt import Bridge
 from .boards import SimBoard, time_passes
 from .conftest import Lab
 from .services import Broker
+from .test_bridge_robustness import spawn_bridge
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.broker]
 
@@ -101,12 +102,17 @@ def test_each_machine_is_a_device_with_three_sensors_and_live_states(
             assert config["state_topic"] == f"{prefix}/fabomatic/{machine_id}/state"
             device = {"identifiers": [f"fabomatic_{machine_id}"], "name": name, "manufacturer": "Fab-O-Matic"}
             assert config["device"] == device
-            assert config["availability"] == [{"topic": f"{prefix}/fabomatic/{machine_id}/availability"}]
+            assert config["availability"] == [
+                {"topic": f"{prefix}/fabomatic/{machine_id}/availability"},
+                {"topic": f"{prefix}/fabomatic/bridge/availability"},
+            ]
+            assert config["availability_mode"] == "all"
         assert len({c["unique_id"] for c in configs.values()}) == 3
         assert configs["state"]["device_class"] == "enum" and configs["state"]["options"] == list(STATES)
         assert STATES == ("free", "in_use", "blocked", "maintenance", "offline")
         assert (configs["hours"]["unit_of_measurement"], configs["hours"]["state_class"]) == ("h", "total_increasing")
         assert reader.wait_for(f"{prefix}/fabomatic/{machine_id}/availability") == b"online"
+    assert reader.wait_for(f"{prefix}/fabomatic/bridge/availability") == b"online"
     state = f"{prefix}/fabomatic/1/state"
     assert reader.state(state)["state"] == "offline"  # no board heard yet
     m1.ask({"action": "checkmachine"})
@@ -141,3 +147,20 @@ def test_a_machine_deleted_while_the_bridge_was_stopped_goes_too(prefix: str, la
         f"{prefix}/sensor/fabomatic_7/{s}/config" for s in ("state", "user", "hours")
     } | {f"{prefix}/fabomatic/7/state", f"{prefix}/fabomatic/7/availability"}
     assert all(retain for _, _, retain in published)
+
+
+def test_a_bridge_that_dies_makes_every_machine_unavailable(
+    prefix: str, lab: Lab, broker: Broker, reader: Reader
+) -> None:
+    """The bridge's MQTT will: killed (no clean stop), the broker itself says the bridge is offline."""
+    bridge = spawn_bridge(broker, "ha", HA_DISCOVERY="1", HA_DISCOVERY_PREFIX=prefix)
+    try:
+        reader.wait_for(f"{prefix}/fabomatic/bridge/availability", lambda payload: payload == b"online", timeout=20)
+        reader.wait_for(config_topic(prefix, 1, "state"))
+        bridge.kill()
+        bridge.wait(10)
+        reader.wait_for(f"{prefix}/fabomatic/bridge/availability", lambda payload: payload == b"offline", timeout=60)
+    finally:
+        if bridge.poll() is None:
+            bridge.kill()
+            bridge.wait(10)
