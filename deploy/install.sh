@@ -32,7 +32,7 @@ sudo -u fabomatic env FABOMATIC_DATA_DIR="$DATA" .venv/bin/python manage.py boot
 sudo -u fabomatic env FABOMATIC_DATA_DIR="$DATA" .venv/bin/python manage.py mosquitto_credentials
 systemctl enable --now mosquitto fabomatic-mosquitto-reload.path
 systemctl restart mosquitto
-systemctl enable --now fabomatic-web fabomatic-bridge fabomatic-ota.path
+systemctl enable --now fabomatic-web fabomatic-bridge fabomatic-webhooks fabomatic-ota.path
 systemctl enable --now fabomatic-purge.timer fabomatic-weekly-summary.timer fabomatic-training-reminders.timer \
   fabomatic-backup.timer
 echo "Portal: https://$(hostname).local:23336/"

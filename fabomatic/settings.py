@@ -92,6 +92,7 @@ INSTALLED_APPS = [
     "telemetry",
     "importer",
     "operations",
+    "integrations",
     "fabomatic",
 ]
 
@@ -128,6 +129,7 @@ if FABOMATIC_PROCESS == "bridge":
         "members",
         "machines",
         "telemetry",
+        "integrations",
     ]
     MIDDLEWARE = []
     # redis-py and channels_redis import the optional `cryptography` when it is installed (the portal's TLS needs
@@ -330,6 +332,31 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 if METRICS_TOKEN and len(METRICS_TOKEN) < 24:
     raise environ.ImproperlyConfigured("METRICS_TOKEN must be at least 24 characters (openssl rand -hex 24)")
 
+# --- Integrations (README "Integrations") ------------------------------------------------------------------------
+# Webhooks (integrations/delivery.py, manage.py deliver_webhooks): receivers must be https unless WEBHOOK_ALLOW_HTTP
+# (a receiver on the lab's LAN); seconds before a silent receiver is given up on for this attempt; how long a
+# delivery is retried; how long the delivery log is kept (manage.py purge).
+WEBHOOK_ALLOW_HTTP = env.bool("WEBHOOK_ALLOW_HTTP", default=False)
+WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=5.0)
+WEBHOOK_RETRY_HOURS = env.float("WEBHOOK_RETRY_HOURS", default=24.0)
+WEBHOOK_LOG_DAYS = env.int("WEBHOOK_LOG_DAYS", default=30)
+# Home Assistant MQTT discovery, published by the bridge (integrations/homeassistant.py).
+HA_DISCOVERY = env.bool("HA_DISCOVERY", default=False)
+HA_DISCOVERY_PREFIX = env.str("HA_DISCOVERY_PREFIX", default="homeassistant").strip("/") or "homeassistant"
+# SpaceAPI (integrations/spaceapi.py): /spaceapi.json, off by default.
+SPACEAPI_ENABLED = env.bool("SPACEAPI_ENABLED", default=False)
+SPACEAPI_SPACE = env.str("SPACEAPI_SPACE", default="") or LAB_NAME
+SPACEAPI_LOGO = env.str("SPACEAPI_LOGO", default="")
+SPACEAPI_URL = env.str("SPACEAPI_URL", default="")
+SPACEAPI_ADDRESS = env.str("SPACEAPI_ADDRESS", default="")
+SPACEAPI_LAT = env.float("SPACEAPI_LAT", default=0.0)
+SPACEAPI_LON = env.float("SPACEAPI_LON", default=0.0)
+SPACEAPI_EMAIL = env.str("SPACEAPI_EMAIL", default="")
+# "in_use": open while any machine is in use; "open" / "closed": a fixed flag set by hand.
+SPACEAPI_OPEN_RULE = env.str("SPACEAPI_OPEN_RULE", default="in_use")
+if SPACEAPI_OPEN_RULE not in ("in_use", "open", "closed"):
+    raise environ.ImproperlyConfigured("SPACEAPI_OPEN_RULE must be in_use, open or closed")
+
 # --- GDPR -----------------------------------------------------------------------------------
 RETENTION_DAYS = env("RETENTION_DAYS")
 UNKNOWN_CARD_RETENTION_DAYS = env("UNKNOWN_CARD_RETENTION_DAYS")
@@ -366,6 +393,7 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     {"model": "telemetry.firmwareimage", "exclude_fields": ["data"]},
     "telemetry.rollout",
     "telemetry.otapush",
+    {"model": "integrations.subscription", "exclude_fields": ["secret"]},
 )
 
 # --- Mail -----------------------------------------------------------------------------------

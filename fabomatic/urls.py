@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from fabomatic.metrics import metrics_view
+from integrations.spaceapi import spaceapi_view
 from machines import faults
 from machines.kiosk_views import kiosk_page
 from members import sso
@@ -48,4 +49,6 @@ urlpatterns = [
     # The fault report page of a machine's QR sticker: no login, a secret code per machine (machines/faults.py).
     path("report/<str:token>/", faults.report_view, name="fault_report"),
     path("report/<str:token>/thanks/", faults.thanks_view, name="fault_report_thanks"),
+    # SpaceAPI v15, when SPACEAPI_ENABLED: no login, any origin (integrations/spaceapi.py).
+    path("spaceapi.json", spaceapi_view, name="spaceapi"),
 ]

@@ -36,6 +36,7 @@ from fabomatic.admin import (
     short_datetime,
 )
 from fabomatic.http import AuthenticatedHttpRequest, acting_member
+from integrations import outbox
 from operations import audit
 from operations.audited import AuditedAdmin
 from telemetry.credentials import issue_board_credentials
@@ -257,6 +258,8 @@ class MachineAdmin(
 
     def save_model(self, request: HttpRequest, obj: Machine, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
+        if "blocked" in form.changed_data and (change or obj.blocked):
+            outbox.machines_blocked([obj], blocked=obj.blocked)
         if not change or "hours" in form.changed_data:
             # The meter is the history plus a starting point: the service keeps the two apart.
             services.set_hour_meter(obj, obj.hours)
@@ -305,6 +308,7 @@ class MachineAdmin(
         machines = list(queryset.filter(blocked=False))
         n = queryset.update(blocked=True)
         audit.record_many(machines, message=gettext_noop("Blocked"), changes={"blocked": ["False", "True"]})
+        outbox.machines_blocked(machines, blocked=True)
         self.push_live(m.pk for m in machines)
         self.message_user(request, ngettext("%(n)d machine blocked.", "%(n)d machines blocked.", n) % {"n": n})
 
@@ -313,6 +317,7 @@ class MachineAdmin(
         machines = list(queryset.filter(blocked=True))
         n = queryset.update(blocked=False)
         audit.record_many(machines, message=gettext_noop("Unblocked"), changes={"blocked": ["True", "False"]})
+        outbox.machines_blocked(machines, blocked=False)
         self.push_live(m.pk for m in machines)
         self.message_user(request, ngettext("%(n)d machine unblocked.", "%(n)d machines unblocked.", n) % {"n": n})
 

@@ -26,6 +26,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone, translation
 from django.utils.translation import gettext
 
+from integrations import outbox
 from members.models import Member
 
 from .models import (
@@ -286,7 +287,7 @@ def report_fault(
     source: str = "",
     now: datetime | None = None,
 ) -> FaultReport:
-    return FaultReport.objects.create(
+    fault = FaultReport.objects.create(
         machine=machine,
         severity=severity,
         description=description.strip(),
@@ -294,6 +295,8 @@ def report_fault(
         source=source,
         created_at=now or timezone.now(),
     )
+    outbox.fault_reported(fault)
+    return fault
 
 
 def close_faults(
@@ -331,11 +334,13 @@ def require_check(use: Use, *, wanted: bool | None = None) -> MachineCheck | Non
         return None
     try:
         with transaction.atomic():
-            check, _ = MachineCheck.objects.get_or_create(
+            check, created = MachineCheck.objects.get_or_create(
                 use=use, defaults={"machine_id": use.machine_id, "requested_at": use.ended_at}
             )
     except IntegrityError:  # another bridge recorded it meanwhile
         return MachineCheck.objects.filter(use=use).first()
+    if created:
+        outbox.check_required(check)
     return check
 
 

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
+from integrations import outbox
 from members.models import Member
 
 from .models import Authorization, Intervention, Machine, MachineType, MaintenancePlan, Use
@@ -255,6 +256,7 @@ def add_machine_seconds(machine_id: int, seconds: float, *, started_at: datetime
         Intervention.objects.filter(machine_id=machine_id, performed_at__gte=started_at).update(
             machine_hours=F("machine_hours") + hours
         )
+    outbox.maintenance_due(machine_id)  # a plan item the meter just took past its interval
 
 
 def begin_use(
@@ -282,6 +284,7 @@ def begin_use(
         **fields,
     )
     stamp_use(member.pk, machine_id, started_at)
+    outbox.use_started(use)
     return use
 
 
@@ -292,6 +295,7 @@ def use_closed(use: Use, *, check_after_use: bool | None = None) -> None:
     from .safety import require_check
 
     require_check(use, wanted=check_after_use)
+    outbox.use_ended(use)
 
 
 def close_use(
@@ -407,6 +411,7 @@ def recount_machine(machine_id: int) -> None:
             done_at_hours = meter(done_at) if done_at is not None else machine.hours_offset
             if plan.done_at != done_at or abs(plan.done_at_hours - done_at_hours) > 1e-9:
                 MaintenancePlan.objects.filter(pk=plan.pk).update(done_at=done_at, done_at_hours=done_at_hours)
+        outbox.maintenance_due(machine_id)
 
 
 def meter_differences(machine: Machine) -> list[str]:

@@ -37,6 +37,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.translation import gettext_noop
 
+from integrations import outbox
 from machines.models import Authorization, FaultReport, Intervention, MachineCheck, Refusal, Use
 from operations import audit
 
@@ -206,6 +207,8 @@ def erase_member(member: Member, *, now: datetime | None = None) -> None:
         Refusal.objects.filter(member=member).delete()  # their refused swipes name them and their card
         # Reports they filed from the portal carry their name (machines/fault_admin.py).
         FaultReport.objects.filter(reporter__in=[i for i in identifiers[:2] if i]).update(reporter="")
+        # Webhook events (first name, card UIDs) waiting or logged (integrations/outbox.py).
+        outbox.forget_member(member.pk, list(member.cards.values_list("uid", flat=True)))
         Card.objects.filter(member=member).delete()
         member.first_name = ERASED_NAME
         member.last_name = ""

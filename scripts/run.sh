@@ -357,7 +357,7 @@ for name in BIND TLS_CERT_FILE TLS_KEY_FILE PROXY_HEADERS; do
   value=$(setting "$name")
   [ -z "$value" ] || export "$name=$value"
 done
-step "Starting the portal (https, port $WEB_PORT) and the bridge (honcho, Procfile)"
+step "Starting the portal (https, port $WEB_PORT), the bridge and the webhook worker (honcho, Procfile)"
 # No prefix: honcho's would add a second clock (UTC) to lines that carry the portal's own (TIME_ZONE).
 spawn honcho - .venv/bin/honcho start --no-prefix -f Procfile -e /dev/null
 probe=$(setting BIND)

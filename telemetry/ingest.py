@@ -21,6 +21,7 @@ from django.db import DatabaseError, IntegrityError, InterfaceError, Operational
 from django.db.models import F
 from django.utils import timezone
 
+from integrations import outbox
 from machines import safety, services
 from machines.models import Machine
 from members.models import Card, UnknownCard
@@ -163,6 +164,7 @@ def _check_user(machine_id: int, request: p.CheckUser, now: datetime) -> Outcome
 
 def _note_unknown_card(uid: str, machine_id: int, now: datetime) -> None:
     """One row per card and machine, counting the swipes: a board swiping in a loop cannot grow the table."""
+    outbox.unknown_card(uid, machine_id, now)
     if UnknownCard.objects.filter(uid=uid, machine_id=machine_id).update(seen_at=now, count=F("count") + 1):
         return
     try:

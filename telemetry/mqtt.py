@@ -61,6 +61,8 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.db.backends.signals import connection_created
 
+from integrations import homeassistant
+from integrations.homeassistant import FULL_EVERY, HomeAssistant
 from machines.dashboard import events
 
 from . import fastpath, ingest, sessions
@@ -220,6 +222,8 @@ class LiveBroadcaster:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bridge-live", daemon=True)
         self.throttle = events.HeartbeatThrottle()
+        self.ha: HomeAssistant | None = None  # HA_DISCOVERY: states published from this thread too
+        self._next_full = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -249,19 +253,40 @@ class LiveBroadcaster:
             for machine_id, outcome in batch.items()
             if not outcome.changed and outcome.seen is not None and self.throttle.due(machine_id)
         ]
-        events.push_machines(changed, heard=heard)
+        sent = events.push_machines(changed, heard=heard)
+        if self.ha is not None and sent:
+            self.ha.update(sent)
+
+    def publish_all_again(self) -> None:
+        """After a (re)connection: Home Assistant's configs and states again, at once (the broker may lose them)."""
+        if self.ha is not None:
+            self.ha.reset()
+            self._next_full = 0.0
+            self._wake.set()
+
+    def _home_assistant(self) -> None:
+        """Every machine to Home Assistant every ``FULL_EVERY`` seconds (offline boards, portal edits, deletions)."""
+        if self.ha is None or time.monotonic() < self._next_full:
+            return
+        self._next_full = time.monotonic() + FULL_EVERY
+        try:
+            close_old_connections()
+            self.ha.full()
+        except Exception:
+            logger.warning("Home Assistant update failed", exc_info=True)
 
     def _run(self) -> None:
         _persistent_connection()
         try:
             while True:
-                self._wake.wait()
+                self._wake.wait(None if self.ha is None else max(0.0, self._next_full - time.monotonic()))
                 self._wake.clear()
                 with self._lock:
                     batch, self._pending = self._pending, {}
                 if batch:
                     close_old_connections()
                     self._push(batch)
+                self._home_assistant()
                 if self._stopping.is_set():
                     return
                 time.sleep(self.every)
@@ -433,6 +458,8 @@ class Bridge:
         self._busy_lock = threading.Lock()
         self._stamper = threading.Thread(target=self._stamp, name="bridge-stamps", daemon=True)
         self.live = LiveBroadcaster()
+        if settings.HA_DISCOVERY:
+            self.live.ha = homeassistant.attach(self.client)
         self.stats = {
             "Received": 0,
             "Sent": 0,
@@ -520,6 +547,8 @@ class Bridge:
         self.watchdog.stop()
         self._stamper.join(max(0.1, end - time.monotonic()))
         self.live.stop()
+        if self.live.ha is not None and self.connected.is_set():
+            self.live.ha.offline()
         if self.connected.is_set():
             self.publish_stats(connected=False).wait_for_publish(timeout=2)
         self.client.disconnect()
@@ -534,6 +563,9 @@ class Bridge:
                 logger.error("MQTT connection refused: %s", reason_code)
                 return
             client.subscribe(subscription(self.conf), qos=0)  # renewed on every reconnect
+            if self.live.ha is not None:  # the configs of earlier runs, then everything published again
+                client.subscribe(self.live.ha.existing, qos=0)
+                self.live.publish_all_again()
             self.connected.set()
             logger.info("connected to %s:%s, subscribed to %s", self.conf["HOST"], self.conf["PORT"], subscription())
         except Exception:

@@ -502,3 +502,42 @@ def test_a_switch_topic_outside_the_switchs_own_is_refused(lab: Lab, tmp_path, s
     # All or nothing: machine 3's new board secret, never shown, was not kept either.
     assert not BoardCredential.objects.filter(machine_id=3).exists()
     assert list(SwitchCredential.objects.values_list("machine_id", "topic")) == [(1, SWITCH_TOPIC)]
+
+
+# --- Home Assistant discovery (integrations/homeassistant.py) ------------------------------------------------------
+
+
+@pytest.fixture
+def ha_on(settings: Settings) -> None:
+    settings.HA_DISCOVERY = True
+    settings.HA_DISCOVERY_PREFIX = "homeassistant"
+
+
+def test_with_ha_discovery_the_backend_writes_its_prefix_and_no_device_may(
+    ha_on: None, secure_broker: SecureBroker, clients: list[Client]
+) -> None:
+    assert (
+        "user fabomatic-backend\ntopic readwrite machine/#\ntopic readwrite stats/#\ntopic readwrite homeassistant/#\n"
+        in (credentials.acl_file_text())
+    )
+    backend = connect(secure_broker, clients, *BACKEND, backend=True)
+    backend.subscribe("homeassistant/#")
+    board1 = device(secure_broker, clients, "board-1")
+    board1.subscribe("homeassistant/#")
+    board1.publish("homeassistant/sensor/fabomatic_1/state/config", "{}")  # denied by the ACL, silently
+    backend.publish("homeassistant/fabomatic/1/state", '{"state":"free"}')
+    assert backend.next_message() == ("homeassistant/fabomatic/1/state", b'{"state":"free"}')
+    assert backend.messages.empty()
+    time.sleep(0.3)
+    assert board1.messages.empty()  # a board reads nothing of it either
+
+
+def test_without_ha_discovery_the_backend_may_not_write_there(
+    secure_broker: SecureBroker, clients: list[Client]
+) -> None:
+    backend = connect(secure_broker, clients, *BACKEND, backend=True)
+    backend.subscribe("homeassistant/#")
+    backend.subscribe("machine/#")
+    backend.publish("homeassistant/fabomatic/1/state", '{"state":"free"}')  # denied: delivered to nobody
+    backend.publish("machine/1/reply", "{}")
+    assert backend.next_message() == ("machine/1/reply", b"{}")

@@ -74,15 +74,18 @@ async def _send_all(layer: object, events: list[Event]) -> None:
         await layer.group_send(GROUP, event)  # type: ignore[attr-defined]
 
 
-def push_machines(machine_ids: Iterable[int], *, heard: Iterable[Heartbeat] = ()) -> None:
-    """Send the tiles of these machines (three queries for any number), after these heartbeats."""
+def push_machines(machine_ids: Iterable[int], *, heard: Iterable[Heartbeat] = ()) -> list[Tile]:
+    """Send the tiles of these machines (three queries for any number), after these heartbeats; returns the tiles
+    sent (the bridge hands them to Home Assistant too)."""
     ids = set(machine_ids)
     events: list[Event] = list(heard)
+    built: list[Tile] = []
     try:
-        events += [tile_update(tile) for tile in tiles(ids)] if ids else []
+        built = tiles(ids) if ids else []
     except Exception:  # the database is away: the next change sends the tile again
         logger.warning("live update for machines %s not built", sorted(ids)[:20], exc_info=True)
-    send(events)
+    send(events + [tile_update(tile) for tile in built])
+    return built
 
 
 def push_on_commit(machine_ids: Iterable[int]) -> None:

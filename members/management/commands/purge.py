@@ -22,7 +22,8 @@ class Command(BaseCommand):
         "(default 90) are deleted; closed fault reports and confirmed checks after use older than RETENTION_DAYS "
         "are deleted; members deleted more than RETENTION_DAYS ago are "
         "erased (name, e-mail, cards, and every mention in the admin history); login records and admin history "
-        "entries older than RETENTION_DAYS are deleted. Idempotent: safe to run daily from cron."
+        "entries older than RETENTION_DAYS are deleted; the webhook delivery log older than "
+        "WEBHOOK_LOG_DAYS (default 30) is deleted. Idempotent: safe to run daily from cron."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -57,6 +58,10 @@ class Command(BaseCommand):
                 f"UNKNOWN_CARD_RETENTION_DAYS={settings.UNKNOWN_CARD_RETENTION_DAYS})"
             )
         self.stdout.write(result.summary())
+        if not opts["dry_run"]:
+            from integrations.delivery import purge_log
+
+            self.stdout.write(f"Webhook log: {purge_log()} rows older than WEBHOOK_LOG_DAYS deleted.")
 
 
 class _BarProgress:
