@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import requests
 from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
@@ -86,7 +85,12 @@ Poster = Callable[[str, bytes, dict[str, str], float], Answer]
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
-    """One POST, never following redirects; any failure is an answer, never an exception."""
+    """One POST, never following redirects; any failure is an answer, never an exception.
+
+    requests is imported here: the portal imports this module for its webhook pages, and only the delivery worker
+    posts (requests is 5 MB of every portal process's memory budget otherwise)."""
+    import requests
+
     try:
         # stream: the answer's body is never read (a receiver could send gigabytes); its status is all we keep.
         response = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True)
