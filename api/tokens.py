@@ -26,9 +26,13 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def new_secret_body() -> str:
+    return secrets.token_urlsafe(32)
+
+
 def create_token(name: str, *, owner: Member, scope: str = ApiToken.Scope.READ) -> tuple[ApiToken, str]:
     """A new token acting as ``owner``, and its secret (to show once: only the hash is kept)."""
-    secret = PREFIX + secrets.token_urlsafe(32)
+    secret = PREFIX + new_secret_body()
     token = ApiToken.objects.create(name=name.strip(), token_hash=hash_secret(secret), owner=owner, scope=scope)
     return token, secret
 

@@ -14,7 +14,8 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.utils import timezone
-from django.utils.translation import gettext_noop
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy, gettext_noop
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
@@ -34,10 +35,10 @@ from . import filters, pagination, serializers
 from .auth import PortalRights, acting, token_of
 
 
-def via(request: Request) -> str:
-    """How a write reached us, for the audit trail: the token's name and id, or the portal session."""
+def via(request: Request) -> str | Promise:
+    """How a write reached us, for the audit trail: the token's name and id, or the portal session (translated)."""
     token = token_of(request)
-    return f"API token “{token.name}” (#{token.pk})" if token is not None else "API (portal session)"
+    return f"“{token.name}” (#{token.pk})" if token is not None else gettext_lazy("portal session")
 
 
 @contextmanager
@@ -54,7 +55,7 @@ def audited_as(request: Request) -> Iterator[None]:
 
 def record(request: Request, instance: Model, message: str, **params: Any) -> None:
     audit.record(
-        instance, message=message, params={**params, "via": via(request)}, actor=acting(request), request=request
+        instance, message=message, params={**params, "token": via(request)}, actor=acting(request), request=request
     )
 
 
@@ -187,7 +188,7 @@ class InterventionViewSet(mixins.CreateModelMixin, ReadView):
                 when=data.get("performed_at") or timezone.now(),
                 note=data.get("note", ""),
             )
-            record(self.request, intervention, gettext_noop("Intervention recorded through the %(via)s."))
+            record(self.request, intervention, gettext_noop("Intervention recorded through the API (%(token)s)."))
         serializer.instance = intervention
 
 
@@ -224,7 +225,7 @@ class AuthorizationViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, Re
             raise PermissionDenied("The token's owner is not a trainer of this machine.")
         with audited_as(request), transaction.atomic():
             authorization = safety.grant(member, machine, by=trainer)
-            message = gettext_noop("Training granted by %(trainer)s through the %(via)s.")
+            message = gettext_noop("Training granted by %(trainer)s through the API (%(token)s).")
             record(request, authorization, message, trainer=str(trainer))
         body = serializers.AuthorizationSerializer(authorization).data
         return Response(body, status=status.HTTP_201_CREATED)
@@ -238,13 +239,13 @@ class AuthorizationViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, Re
         with audited_as(request), transaction.atomic():
             safety.renew(Authorization.objects.filter(pk=authorization.pk), by=trainer)
             authorization.refresh_from_db()
-            message = gettext_noop("Training renewed by %(trainer)s through the %(via)s.")
+            message = gettext_noop("Training renewed by %(trainer)s through the API (%(token)s).")
             record(request, authorization, message, trainer=str(trainer))
         return Response(serializers.AuthorizationSerializer(authorization).data)
 
     def perform_destroy(self, instance: Authorization) -> None:
         """Revoked (``members.services.revoke_authorizations``): the board refuses the card from its next swipe."""
         with audited_as(self.request), transaction.atomic():
-            message = gettext_noop("Authorization revoked through the %(via)s.")
+            message = gettext_noop("Authorization revoked through the API (%(token)s).")
             record(self.request, instance, message)
             member_services.revoke_authorizations(members=[instance.member], machines=[instance.machine])

@@ -329,6 +329,8 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     {"model": "telemetry.firmwareimage", "exclude_fields": ["data"]},
     "telemetry.rollout",
     "telemetry.otapush",
+    # The secret's hash is never shown; its last use is no staff change.
+    {"model": "api.apitoken", "exclude_fields": ["token_hash", "last_used_at"]},
 )
 
 # --- REST API (api/, README "REST API") ---------------------------------------------------------------------------
