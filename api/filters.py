@@ -23,9 +23,11 @@ MAX_ID = 2**63 - 1
 
 
 def parse_id(value: str) -> int:
-    if not value.isdigit() or int(value) > MAX_ID:
+    """An integer in the 64-bit range (one that no row has just finds nothing)."""
+    number = int(value)
+    if not -MAX_ID - 1 <= number <= MAX_ID or value.strip() != value:
         raise ValueError
-    return int(value)
+    return number
 
 
 def parse_bool(value: str) -> bool:

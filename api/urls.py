@@ -1,6 +1,6 @@
 """``/api/v1/``: the endpoints, the OpenAPI 3 schema and its Swagger UI (served from this host, CSP-clean)."""
 
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
@@ -25,4 +25,6 @@ urlpatterns = [
         name="api-docs",
     ),
     path("", include(router.urls)),
+    # Anything else under /api/v1/ is a JSON 404, as the schema documents (not the portal's HTML page).
+    re_path(r"^.*$", views.not_found),
 ]

@@ -13,9 +13,11 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import Model, QuerySet
+from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy, gettext_noop
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
@@ -57,6 +59,11 @@ def record(request: Request, instance: Model, message: str, **params: Any) -> No
     audit.record(
         instance, message=message, params={**params, "token": via(request)}, actor=acting(request), request=request
     )
+
+
+@csrf_exempt  # it changes nothing: a POST to an unknown address is a 404 like any other
+def not_found(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"detail": "Not found."}, status=404)
 
 
 class ReadView(viewsets.ReadOnlyModelViewSet):
