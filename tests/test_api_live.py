@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from api import tokens
@@ -21,7 +23,6 @@ from members.models import Member, Role, UnknownCard
 
 from .browser import daphne, server_env
 from .conftest import Lab
-from .services import ROOT
 
 
 def seed(lab: Lab) -> str:
@@ -79,9 +80,63 @@ def test_schemathesis_against_the_running_api(lab: Lab, tmp_path: Path) -> None:
                 "--generation-database",
                 "none",
             ],
-            cwd=ROOT,
+            cwd=tmp_path,  # its reports and caches stay out of the work tree
             capture_output=True,
             text=True,
             timeout=300,
         )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+MILLION = 1_000_000
+FILL = """
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %s)
+INSERT INTO machines_use
+    (member_id, machine_id, started_at, ended_at, last_seen, duration, replay, flag)
+SELECT CASE i %% 2 WHEN 0 THEN %s ELSE %s END, CASE i %% 3 WHEN 0 THEN %s ELSE %s END,
+       strftime('%%Y-%%m-%%d %%H:%%M:%%S', '2020-01-01', '+' || i || ' minutes'),
+       strftime('%%Y-%%m-%%d %%H:%%M:%%S', '2020-01-01', '+' || (i + 1) || ' minutes'),
+       strftime('%%Y-%%m-%%d %%H:%%M:%%S', '2020-01-01', '+' || (i + 1) || ' minutes'),
+       60, 0, CASE WHEN i %% 5000 = 0 THEN 'beyond_logoff' ELSE '' END
+FROM n"""
+
+
+def plan_of(sql: str, params: tuple) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        return " | ".join(str(row[-1]) for row in cursor.fetchall())
+
+
+@pytest.mark.django_db
+def test_the_uses_list_is_an_index_walk_at_a_million_uses(lab: Lab) -> None:
+    """Each page of /api/v1/uses/ (the first, the next, filtered by machine or member) reads its index in order:
+    no sort of the history, no COUNT(*), a constant number of queries. Timed by ``make bench``, not here."""
+    if connection.vendor != "sqlite":
+        pytest.skip("EXPLAIN QUERY PLAN is SQLite's")
+    with connection.cursor() as cursor:
+        cursor.execute(FILL, [MILLION, lab.normal.pk, lab.staff.pk, lab.laser.pk, lab.printer.pk])
+        cursor.execute("ANALYZE")
+    assert Use.objects.count() == MILLION
+    secret = seed(lab)
+    client = Client(headers={"Authorization": f"Bearer {secret}"})
+    expected_index = {
+        "": "use_started",
+        f"machine={lab.laser.pk}": "use_machine_recent",
+        f"member={lab.normal.pk}": "use_member_recent",
+    }
+    for query, index in expected_index.items():
+        url = f"/api/v1/uses/?page_size=50&{query}"
+        for page in (1, 2):
+            with CaptureQueriesContext(connection) as queries:
+                response = client.get(url)
+            assert response.status_code == 200, response.content
+            assert len(response.json()["results"]) == 50
+            sqls = [q["sql"] for q in queries.captured_queries]
+            assert len(sqls) <= 6, sqls  # the token, its owner's permissions, the page
+            assert not any("COUNT(" in sql.upper() for sql in sqls), sqls
+            listing = [sql for sql in sqls if 'FROM "machines_use"' in sql and "ORDER BY" in sql]
+            assert len(listing) == 1, sqls
+            explained = plan_of(listing[0].replace("%", "%%"), ())
+            assert f"INDEX {index}" in explained, (query, page, explained)
+            assert "TEMP B-TREE" not in explained, (query, page, explained)
+            url = response.json()["next"]
