@@ -13,6 +13,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from api.models import ApiToken
 from machines.models import (
     FaultReport,
     Intervention,
@@ -53,6 +54,7 @@ def history(lab: Lab) -> Lab:
     OtaPush.objects.create(rollout=Rollout.objects.create(image=image), machine=lab.laser)
     Group.objects.create(name="desk")
     KioskScreen.objects.create(name="Entrance TV", token_hash="0" * 64, created_by=lab.admin)
+    ApiToken.objects.create(name="Booking tool", token_hash="1" * 64, owner=lab.admin)
     seen = {"user_agent": "x", "http_accept": "x", "path_info": "/admin/login/", "username": "x@lab.test"}
     AccessAttempt.objects.create(**seen, get_data="", post_data="", failures_since_start=1)
     AccessLog.objects.create(**seen)

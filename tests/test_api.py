@@ -408,3 +408,21 @@ def test_the_schema_and_its_docs_page_are_for_staff_and_keep_the_csp(admin_membe
     script = re.search(r'<script src="([^"]*script=[^"]*)"', html)
     assert script is not None
     assert client.get(script.group(1).replace("&amp;", "&")).status_code == 200
+
+
+def test_the_bridge_loads_none_of_the_api() -> None:
+    """The board bridge (FABOMATIC_PROCESS=bridge) stays small: no REST framework, no schema generator."""
+    import os
+    import subprocess
+    import sys
+
+    from .services import ROOT
+
+    code = (
+        "import sys, django; django.setup(); from telemetry.mqtt import Bridge; import telemetry.ingest; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'rest_framework', 'drf_spectacular', 'api'}))"
+    )
+    env = {**os.environ, "FABOMATIC_PROCESS": "bridge", "SECRET_KEY": "x", "FABOMATIC_ENV_FILE": "/nonexistent"}
+    env["DJANGO_SETTINGS_MODULE"] = "fabomatic.settings"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
