@@ -23,7 +23,7 @@ from django.utils.translation import gettext_lazy, gettext_noop
 from fabomatic.admin import short_datetime
 from fabomatic.http import AuthenticatedHttpRequest, acting_member
 from machines.confirm import confirm_page, confirmed
-from machines.safety import is_portal_admin
+from machines.kiosk_admin import may_manage  # portal administrators, as for kiosk screens
 from operations import audit
 from operations.audited import AuditedAdmin
 
@@ -32,11 +32,6 @@ from .models import ApiToken
 
 FIELDS = ("name", "scope", "owner", "created_at", "last_used_at", "revoked_at")
 SECRET_ATTRIBUTE = "_fabomatic_api_secret"  # the new secret, from save_model to response_add of one request
-
-
-def may_manage(request: HttpRequest) -> bool:
-    user = request.user
-    return bool(user.is_active and user.is_staff and is_portal_admin(acting_member(request)))
 
 
 @admin.register(ApiToken)
