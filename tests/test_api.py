@@ -159,6 +159,13 @@ def test_every_write_endpoint_for_every_kind_of_caller(
         assert LogEntry.objects.count() == entries  # a refused write changes nothing and records nothing
 
 
+def test_head_and_options_are_reads(world: dict[str, int], callers: dict[str, Caller]) -> None:
+    secret = callers["read-only"]()
+    assert call("head", "/api/v1/uses/", secret) == 200
+    assert call("options", "/api/v1/authorizations/", secret) == 200
+    assert call("head", "/api/v1/uses/", None) == 401
+
+
 def test_an_unknown_scheme_or_a_malformed_header_is_401_with_a_bearer_challenge(world: dict[str, int]) -> None:
     for header in ("Basic dXNlcjpwYXNz", "Bearer", "Bearer a b", "Bearer fab_short", "Bearer \u00e8"):
         response = Client().get("/api/v1/machines/", headers={"Authorization": header})
