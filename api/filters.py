@@ -80,6 +80,21 @@ def apply_filters(request: Request, queryset: QuerySet, filters: tuple[Filter, .
     return queryset
 
 
+def open_uses() -> QuerySet[Use]:
+    return Use.objects.filter(ended_at__isnull=True)  # the partial index one_open_use_per_machine
+
+
+def flagged_uses() -> QuerySet[Use]:
+    return Use.objects.exclude(flag=Use.Flag.NONE)  # the partial index use_flagged
+
+
+def few(rows: Callable[[], QuerySet[Use]]) -> Q:
+    """Uses among a few rows that a partial index holds (the open ones, the flagged ones), as ``id IN (…)``: read
+    from that index and sorted, instead of walking the whole history's time index to find them (SQLite chose the
+    walk: 357 ms for the open uses of tests/test_api_live.py's 1,000,000 uses, against 10 ms for any other page)."""
+    return Q(pk__in=rows().order_by().values("pk"))
+
+
 MACHINE = by_id("machine", "machine_id", "Only this machine (its board id).")
 MEMBER = by_id("member", "member_id", "Only this member.")
 USES = (
@@ -99,8 +114,20 @@ USES = (
         lambda moment: Q(started_at__lt=moment),
         "Uses that started before this moment (ISO 8601).",
     ),
-    yes_no("open", lambda: Q(ended_at__isnull=True), "true: in progress; false: ended."),
-    yes_no("flagged", lambda: ~Q(flag=Use.Flag.NONE), "true: implausible durations waiting for review."),
+    Filter(
+        "open",
+        OpenApiTypes.BOOL,
+        parse_bool,
+        lambda yes: few(open_uses) if yes else Q(ended_at__isnull=False),
+        "true: in progress; false: ended.",
+    ),
+    Filter(
+        "flagged",
+        OpenApiTypes.BOOL,
+        parse_bool,
+        lambda yes: few(flagged_uses) if yes else Q(flag=Use.Flag.NONE),
+        "true: implausible durations waiting for review; false: the others.",
+    ),
 )
 AUTHORIZATIONS = (
     MACHINE,

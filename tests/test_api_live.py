@@ -123,6 +123,8 @@ def test_the_uses_list_is_an_index_walk_at_a_million_uses(lab: Lab) -> None:
         "": "use_started",
         f"machine={lab.laser.pk}": "use_machine_recent",
         f"member={lab.normal.pk}": "use_member_recent",
+        "open=false": "use_started",
+        "started_after=2020-06-01T00:00:00Z&started_before=2021-06-01T00:00:00Z": "use_started",
     }
     for query, index in expected_index.items():
         url = f"/api/v1/uses/?page_size=50&{query}"
@@ -172,3 +174,30 @@ def test_the_swagger_ui_works_within_the_portals_csp(lab: Lab, tmp_path: Path) -
         assert status.first.inner_text().strip().startswith("200")
         screenshot(page, "api-docs")
     assert not problems, problems
+
+
+@pytest.mark.django_db
+def test_open_and_flagged_uses_are_read_from_their_partial_indexes(lab: Lab) -> None:
+    """The few open or flagged uses among a million: from the partial index that holds them, then sorted (a sort of
+    a few rows), never by walking the whole history's time index to find them."""
+    if connection.vendor != "sqlite":
+        pytest.skip("EXPLAIN QUERY PLAN is SQLite's")
+    with connection.cursor() as cursor:
+        cursor.execute(FILL, [MILLION, lab.normal.pk, lab.staff.pk, lab.laser.pk, lab.printer.pk])
+        cursor.execute("ANALYZE")
+    client = Client(headers={"Authorization": f"Bearer {seed(lab)}"})
+    cases = {
+        "open=true": ("use_open_last_seen", "one_open_use_per_machine"),
+        "flagged=true": ("use_flagged",),
+        f"machine={lab.laser.pk}&flagged=true": ("use_flagged",),
+    }
+    for query, indexes in cases.items():
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(f"/api/v1/uses/?{query}")
+        assert response.status_code == 200 and response.json()["results"], query
+        listing = [
+            q["sql"] for q in queries.captured_queries if 'FROM "machines_use"' in q["sql"] and "ORDER BY" in q["sql"]
+        ]
+        explained = plan_of(listing[0].replace("%", "%%"), ())
+        assert any(f"INDEX {index}" in explained for index in indexes), (query, explained)
+        assert "INDEX use_started" not in explained and "SCAN machines_use" not in explained, (query, explained)
