@@ -49,7 +49,8 @@ def seed(lab: Lab) -> str:
 @pytest.mark.django_db(transaction=True)
 def test_schemathesis_against_the_running_api(lab: Lab, tmp_path: Path) -> None:
     """Every operation of the served schema, with generated valid and invalid inputs: no 5xx, every response as
-    the schema says (status, content type, body), auth enforced. Bounded: 8 examples per operation."""
+    the schema says (status, content type, body), auth enforced; then stateful scenarios along the links
+    schemathesis infers (a created authorization read, renewed, revoked). Bounded: 8 examples per operation."""
     secret = seed(lab)
     env = {**server_env(str(connection.settings_dict["NAME"]), redis_url=""), "FABOMATIC_DATA_DIR": str(tmp_path)}
     with daphne(env) as server:
@@ -73,7 +74,7 @@ def test_schemathesis_against_the_running_api(lab: Lab, tmp_path: Path) -> None:
                 "--seed",
                 "14",
                 "--phases",
-                "examples,coverage,fuzzing",
+                "examples,coverage,fuzzing,stateful",
                 "--request-timeout",
                 "20",
                 "--no-color",
@@ -86,6 +87,8 @@ def test_schemathesis_against_the_running_api(lab: Lab, tmp_path: Path) -> None:
             timeout=300,
         )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    for phase in ("Coverage", "Fuzzing", "Stateful"):  # each ran and passed (a phase with nothing to do is skipped)
+        assert f"✅  {phase}" in run.stdout, run.stdout[-3000:]
 
 
 MILLION = 1_000_000
