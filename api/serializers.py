@@ -10,6 +10,7 @@ from rest_framework import serializers
 
 from machines.dashboard.tiles import STATES
 from machines.models import Authorization, Intervention, Machine, MaintenancePlan, Use
+from machines.training_forms import RuleFields
 from members.models import Card, Member, UnknownCard
 
 
@@ -92,10 +93,27 @@ class AuthorizationSerializer(serializers.ModelSerializer):
 
 
 class GrantSerializer(serializers.Serializer):
-    """Train a member on a machine now, with the machine type's expiry rule (a renewal when already trained)."""
+    """Train a member on a machine now (a renewal when already trained), with the machine type's expiry rule unless
+    ``rule`` gives another: checked by the portal's own form (``machines.training_forms.RuleFields``)."""
 
     member = serializers.PrimaryKeyRelatedField(queryset=Member.objects.filter(deleted_at__isnull=True))
     machine = serializers.PrimaryKeyRelatedField(queryset=Machine.objects.select_related("type"))
+    rule = serializers.ChoiceField(
+        choices=Authorization.Expiry.choices, required=False, help_text="Omitted: the machine type's rule."
+    )
+    days = serializers.IntegerField(
+        min_value=1, max_value=36500, required=False, help_text="For after_days and idle_days."
+    )
+    on_date = serializers.DateField(required=False, help_text="For on_date: the last day it holds (not past).")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        form = RuleFields(data={key: attrs.get(key) or "" for key in ("rule", "days", "on_date")})
+        if not form.is_valid():
+            raise serializers.ValidationError(
+                {field: [str(e) for e in errors] for field, errors in form.errors.items()}
+            )
+        attrs["training_rule"] = form.training_rule()
+        return attrs
 
 
 class MaintenancePlanSerializer(serializers.ModelSerializer):

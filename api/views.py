@@ -222,8 +222,8 @@ class AuthorizationViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, Re
 
     @extend_schema(request=serializers.GrantSerializer, responses={201: serializers.AuthorizationSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Train the member on the machine now, by the token's owner, with the machine type's expiry rule (a
-        renewal when they were trained already)."""
+        """Train the member on the machine now, by the token's owner, with the machine type's expiry rule or the
+        one given (a renewal when they were trained already)."""
         grant = serializers.GrantSerializer(data=request.data)
         grant.is_valid(raise_exception=True)
         member, machine = grant.validated_data["member"], grant.validated_data["machine"]
@@ -231,7 +231,7 @@ class AuthorizationViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, Re
         if not safety.may_train(trainer, machine):
             raise PermissionDenied("The token's owner is not a trainer of this machine.")
         with audited_as(request), transaction.atomic():
-            authorization = safety.grant(member, machine, by=trainer)
+            authorization = grant.validated_data["training_rule"].grant(member, machine, by=trainer)
             message = gettext_noop("Training granted by %(trainer)s through the API (%(token)s).")
             record(request, authorization, message, trainer=str(trainer))
         body = serializers.AuthorizationSerializer(authorization).data

@@ -354,7 +354,10 @@ SPECTACULAR_SETTINGS = {
     # Swagger UI from this host (drf-spectacular-sidecar), never a CDN: the CSP allows 'self' only.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"UseFlagEnum": "machines.models.Use.Flag"},
+    "ENUM_NAME_OVERRIDES": {
+        "UseFlagEnum": "machines.models.Use.Flag",
+        "ExpiryEnum": "machines.models.Authorization.Expiry",
+    },
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.error_responses"],
 }

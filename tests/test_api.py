@@ -250,6 +250,27 @@ def test_an_expired_training_shows_as_expired_and_renewing_it_revives_it(lab: La
     assert renewed["expired"] is False and renewed["trained_by"] == admin_member.pk
 
 
+def test_a_grant_takes_the_types_rule_or_the_one_given_as_the_portal_checks_it(lab: Lab, admin_member: Member) -> None:
+    _token, secret = tokens.create_token("crm", owner=admin_member, scope=ApiToken.Scope.WRITE)
+    client = Client(headers={"Authorization": f"Bearer {secret}"})
+
+    def grant(**rule: object) -> dict:
+        body = {"member": lab.unauthorized.pk, "machine": lab.laser.pk, **rule}
+        response = client.post("/api/v1/authorizations/", body, content_type="application/json")
+        return {"status": response.status_code, **response.json()}
+
+    assert grant()["expiry"] == "never"  # T1's rule
+    shown = grant(rule="after_days", days=30)
+    assert shown["status"] == 201 and shown["expiry"] == "after_days" and shown["expiry_days"] == 30
+    assert shown["expired"] is False
+    assert grant(rule="after_days")["status"] == 400  # how many days?
+    past = (timezone.localdate() - timedelta(days=1)).isoformat()
+    refused = grant(rule="on_date", on_date=past)
+    assert refused["status"] == 400 and "on_date" in refused
+    day = (timezone.localdate() + timedelta(days=10)).isoformat()
+    assert grant(rule="on_date", on_date=day)["expiry"] == "on_date"
+
+
 def test_every_write_is_in_the_audit_trail_with_the_token_named(lab: Lab, admin_member: Member) -> None:
     token, secret = tokens.create_token("membership system", owner=admin_member, scope=ApiToken.Scope.WRITE)
     client = Client(headers={"Authorization": f"Bearer {secret}"})

@@ -50,7 +50,7 @@ def seed(lab: Lab) -> str:
 def test_schemathesis_against_the_running_api(lab: Lab, tmp_path: Path) -> None:
     """Every operation of the served schema, with generated valid and invalid inputs: no 5xx, every response as
     the schema says (status, content type, body), auth enforced; then stateful scenarios along the links
-    schemathesis infers (a created authorization read, renewed, revoked). Bounded: 8 examples per operation."""
+    schemathesis infers between operations. Bounded: 8 examples per operation."""
     secret = seed(lab)
     env = {**server_env(str(connection.settings_dict["NAME"]), redis_url=""), "FABOMATIC_DATA_DIR": str(tmp_path)}
     with daphne(env) as server:
