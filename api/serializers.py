@@ -68,6 +68,14 @@ class CardSerializer(serializers.ModelSerializer):
         fields = ["id", "uid", "member", "active", "created_at"]
 
 
+class CardRegistrationSerializer(serializers.Serializer):
+    """A new card for a member (``members.services.register_card``: validated as the portal validates it)."""
+
+    member = serializers.PrimaryKeyRelatedField(queryset=Member.objects.filter(deleted_at__isnull=True))
+    uid = serializers.CharField(max_length=20, help_text="8 or 14 hexadecimal digits; separators are ignored.")
+    active = serializers.BooleanField(default=True)
+
+
 class AuthorizationSerializer(serializers.ModelSerializer):
     expired = serializers.SerializerMethodField()
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, JsonResponse
@@ -22,7 +23,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -149,11 +150,27 @@ class MemberViewSet(ReadView):
 
 
 @extend_schema_view(list=listing(filters.CARDS))
-class CardViewSet(ReadView):
+class CardViewSet(mixins.CreateModelMixin, ReadView):
+    """RFID cards; registering one needs the portal's right to add cards (portal administrators)."""
+
     queryset = Card.objects.all()
     serializer_class = serializers.CardSerializer
     list_filters = filters.CARDS
-    required_perms = {"GET": "members.view_card"}
+    required_perms = {"GET": "members.view_card", "POST": "members.add_card"}
+
+    @extend_schema(request=serializers.CardRegistrationSerializer, responses={201: serializers.CardSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Register a card for a member (its unknown-card rows are cleared); a UID already registered is a 400."""
+        given = serializers.CardRegistrationSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        data = given.validated_data
+        try:
+            with audited_as(request), transaction.atomic():
+                card = member_services.register_card(member=data["member"], uid=data["uid"], active=data["active"])
+                record(request, card, gettext_noop("Card registered through the API (%(token)s)."))
+        except DjangoValidationError as error:
+            raise ValidationError(error.message_dict if hasattr(error, "error_dict") else error.messages) from error
+        return Response(serializers.CardSerializer(card).data, status=status.HTTP_201_CREATED)
 
 
 @extend_schema_view(list=listing(filters.PLANS))

@@ -49,6 +49,7 @@ WRITES = [
     ("post", "/api/v1/authorizations/{authorization}/renew/", None, 200),
     ("delete", "/api/v1/authorizations/{authorization}/", None, 204),
     ("post", "/api/v1/interventions/", {"plan": "{plan}", "note": "lens cleaned"}, 201),
+    ("post", "/api/v1/cards/", {"member": "{unauthorized}", "uid": "de:ad:be:ef"}, 201),
 ]
 
 
@@ -279,6 +280,8 @@ def test_every_write_is_in_the_audit_trail_with_the_token_named(lab: Lab, admin_
     client.post(f"/api/v1/authorizations/{created['id']}/renew/")
     client.delete(f"/api/v1/authorizations/{created['id']}/")
     done = client.post("/api/v1/interventions/", {"plan": lab.plan.pk}, content_type="application/json").json()
+    card = {"member": lab.unauthorized.pk, "uid": "DEADBEEF"}
+    assert client.post("/api/v1/cards/", card, content_type="application/json").json()["uid"] == "deadbeef"
     named = f"“membership system” (#{token.pk})"
     messages = [
         entry.additional_data["message"]
@@ -289,6 +292,7 @@ def test_every_write_is_in_the_audit_trail_with_the_token_named(lab: Lab, admin_
         "Training renewed by %(trainer)s through the API (%(token)s).",
         "Authorization revoked through the API (%(token)s).",
         "Intervention recorded through the API (%(token)s).",
+        "Card registered through the API (%(token)s).",
     ]
     assert set(LogEntry.objects.filter(additional_data__params__token=named).values_list("actor", flat=True)) == {
         admin_member.pk
@@ -454,3 +458,22 @@ def test_the_bridge_loads_none_of_the_api() -> None:
     env["DJANGO_SETTINGS_MODULE"] = "fabomatic.settings"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_card_is_registered_as_the_portal_registers_it(lab: Lab, admin_member: Member) -> None:
+    UnknownCard.objects.create(uid="deadbeef", machine=lab.laser)
+    _token, secret = tokens.create_token("membership", owner=admin_member, scope=ApiToken.Scope.WRITE)
+    client = Client(headers={"Authorization": f"Bearer {secret}"})
+
+    def register(uid: str) -> tuple[int, dict]:
+        body = {"member": lab.unauthorized.pk, "uid": uid}
+        response = client.post("/api/v1/cards/", body, content_type="application/json")
+        return response.status_code, response.json()
+
+    status, card = register("DE:AD:BE:EF")
+    assert status == 201 and card["uid"] == "deadbeef" and card["member"] == lab.unauthorized.pk
+    assert not UnknownCard.objects.filter(uid="deadbeef").exists()  # no longer unknown
+    status, errors = register("deadbeef")  # registered already
+    assert status == 400 and "uid" in errors
+    status, errors = register("not-a-uid")
+    assert status == 400 and "uid" in errors
