@@ -2,7 +2,8 @@
 
 Every write goes through the service the portal uses (``machines.safety.grant``/``renew`` and ``may_train`` for
 trainings, ``members.services.revoke_authorizations`` and ``register_card``,
-``machines.services.record_manual_intervention``) and is in the audit trail twice: the model's own entry (with the token's owner as actor) and a message naming the token.
+``machines.services.record_manual_intervention``) and is in the audit trail twice: the model's own entry (with the
+token's owner as actor) and a message naming the token.
 """
 
 from __future__ import annotations
