@@ -167,6 +167,15 @@ def test_head_and_options_are_reads(world: dict[str, int], callers: dict[str, Ca
     assert call("head", "/api/v1/uses/", None) == 401
 
 
+def test_a_method_an_endpoint_lacks_is_405(world: dict[str, int], callers: dict[str, Caller]) -> None:
+    secret = callers["read-write"]()
+    assert call("post", "/api/v1/uses/", secret, {}) == 405
+    assert call("delete", f"/api/v1/members/{world['normal']}/", secret) == 405
+    assert call("put", f"/api/v1/authorizations/{world['authorization']}/", secret, {}) == 405
+    assert call("post", "/api/v1/uses/", callers["read-only"](), {}) == 405
+    assert call("post", "/api/v1/uses/", None, {}) == 401
+
+
 def test_an_unknown_scheme_or_a_malformed_header_is_401_with_a_bearer_challenge(world: dict[str, int]) -> None:
     for header in ("Basic dXNlcjpwYXNz", "Bearer", "Bearer a b", "Bearer fab_short", "Bearer \u00e8"):
         response = Client().get("/api/v1/machines/", headers={"Authorization": header})
