@@ -9,7 +9,8 @@ times each page with the test client as a logged-in superuser: three warm-up req
 and the number of queries of one more (on PostgreSQL after a ``VACUUM ANALYZE``, as autovacuum leaves
 an imported database minutes later). Pages: the dashboard, the busiest machine's and the busiest member's change
 pages, and the lists of machines, members, uses, interventions, maintenance plans, cards and boards, each also
-with a search. Targets: every page under 150 ms and under 40 queries. ``--quick``: 200,000 uses.
+with a search; and the REST API's machines and uses (first page, next page, by machine, by member, a month).
+Targets: every page under 150 ms and under 40 queries. ``--quick``: 200,000 uses.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from django.db import connection
 from django.db.models import Count
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from datetime import timedelta
+from django.utils import timezone
 from machines.models import Intervention, MaintenancePlan, Machine, Use
 from members.models import Card, Member
 from telemetry.models import Board
@@ -61,6 +64,7 @@ plan = MaintenancePlan.objects.filter(machine=machine).first()
 card = Card.objects.filter(member=member).first()
 board = Board.objects.filter(machine=machine).first()
 word = machine.name.split()[0]
+month_ago = (timezone.now() - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
 pages = [
     ("dashboard", "/admin/"),
     ("machine page", f"/admin/machines/machine/{machine.pk}/change/"),
@@ -79,6 +83,13 @@ pages = [
     ("cards search", f"/admin/members/card/?q={card.uid if card else 'x'}"),
     ("boards list", "/admin/telemetry/board/"),
     ("boards search", f"/admin/telemetry/board/?q={board.serial if board else word}"),
+    # The REST API (api/), with the superuser's portal session: its uses list pages along an index (keyset).
+    ("API machines", "/api/v1/machines/"),
+    ("API uses list", "/api/v1/uses/"),
+    ("API uses next page", client.get("/api/v1/uses/").json()["next"]),
+    ("API uses by machine", f"/api/v1/uses/?machine={machine.pk}"),
+    ("API uses by member", f"/api/v1/uses/?member={member.pk}"),
+    ("API uses last month", "/api/v1/uses/?started_after=" + month_ago),
 ]
 out = []
 for label, url in pages:

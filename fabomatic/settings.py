@@ -94,6 +94,11 @@ INSTALLED_APPS = [
     "operations",
     "integrations",
     "fabomatic",
+    # The REST API (api/, README "REST API"): the portal's process only, the bridge's list below has none of it.
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -394,7 +399,38 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     "telemetry.rollout",
     "telemetry.otapush",
     {"model": "integrations.subscription", "exclude_fields": ["secret"]},
+    # The secret's hash is never shown; its last use is no staff change.
+    {"model": "api.apitoken", "exclude_fields": ["token_hash", "last_used_at"]},
 )
+
+# --- REST API (api/, README "REST API") ---------------------------------------------------------------------------
+# Bearer tokens made in the portal, or a staff session (with CSRF); JSON only (the browsable API's inline scripts
+# would break the CSP). Each view asks for the portal's own permission (api/auth.py).
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.auth.BearerTokenAuthentication", "api.auth.StaffSessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.auth.PortalRights"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Fab-O-Matic API",
+    "DESCRIPTION": "Machines and their live state, uses, members, cards, trainings, maintenance and unknown cards.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["api.auth.StaffOnly"],
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    # Swagger UI from this host (drf-spectacular-sidecar), never a CDN: the CSP allows 'self' only.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "UseFlagEnum": "machines.models.Use.Flag",
+        "ExpiryEnum": "machines.models.Authorization.Expiry",
+    },
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.error_responses"],
+}
 
 # --- Mail -----------------------------------------------------------------------------------
 # manage.py send_training_reminders (daily): members are told this many days before a training of theirs lapses.

@@ -13,6 +13,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from api.models import ApiToken
 from integrations.models import Delivery, Event, Subscription
 from machines.models import (
     FaultReport,
@@ -57,6 +58,7 @@ def history(lab: Lab) -> Lab:
     hook = Subscription.objects.create(url="https://chat.test/hook", events=["use.started"])
     event = Event.objects.create(type="use.started", data={"use": 1})
     Delivery.objects.create(event=event, subscription=hook, response_code=500, last_error="HTTP 500")
+    ApiToken.objects.create(name="Booking tool", token_hash="1" * 64, owner=lab.admin)
     seen = {"user_agent": "x", "http_accept": "x", "path_info": "/admin/login/", "username": "x@lab.test"}
     AccessAttempt.objects.create(**seen, get_data="", post_data="", failures_since_start=1)
     AccessLog.objects.create(**seen)

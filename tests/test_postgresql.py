@@ -1,5 +1,6 @@
-"""The audit trail and the restore on a real PostgreSQL: tests/test_audit.py and tests/postgresql_cases.py again, in
-a child pytest whose DATABASE_URL is a throwaway cluster (tests/pgserver.py).
+"""The audit trail, the restore and the REST API on a real PostgreSQL: tests/test_audit.py,
+tests/postgresql_cases.py and tests/test_api.py (its rights, filters and audited writes) again, in a child pytest
+whose DATABASE_URL is a throwaway cluster (tests/pgserver.py).
 
 What differs there: the trail's JSON lookups (a deleted card's entries found by ``changes__member__1``), ``icontains``
 over jsonb columns, the retention purge's date filter, ``pg_dump``/``pg_restore`` behind the System page's backup and
@@ -21,7 +22,7 @@ from django.conf import settings
 
 from . import pgserver
 
-MODULES = ["tests/test_audit.py", "tests/postgresql_cases.py"]
+MODULES = ["tests/test_audit.py", "tests/postgresql_cases.py", "tests/test_api.py"]
 
 
 @pytest.fixture(scope="module")
