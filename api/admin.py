@@ -29,6 +29,7 @@ from operations.audited import AuditedAdmin
 
 from . import tokens
 from .models import ApiToken
+from .routing import API_URLCONF
 
 FIELDS = ("name", "scope", "owner", "created_at", "last_used_at", "revoked_at")
 SECRET_ATTRIBUTE = "_fabomatic_api_secret"  # the new secret, from save_model to response_add of one request
@@ -92,7 +93,7 @@ class ApiTokenAdmin(AuditedAdmin, admin.ModelAdmin):
             "title": _("Secret of the API token “%(name)s”") % {"name": obj.name},
             "token": obj,
             "secret": secret,
-            "api_url": settings.PUBLIC_URL + reverse("api-schema").removesuffix("schema/"),
+            "api_url": settings.PUBLIC_URL + reverse("api-schema", urlconf=API_URLCONF).removesuffix("schema/"),
         }
         response = TemplateResponse(request, "api/admin/secret.html", context)
         response["Referrer-Policy"] = "no-referrer"

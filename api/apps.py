@@ -6,6 +6,3 @@ class ApiConfig(AppConfig):
     name = "api"
     verbose_name = _("REST API")
     default_auto_field = "django.db.models.BigAutoField"
-
-    def ready(self) -> None:
-        from . import schema  # noqa: F401  (registers the schema's authentication extensions)

@@ -4,7 +4,10 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
-from . import views
+from . import schema, views
+from .routing import API_URLCONF
+
+assert schema  # imported for its schema extensions (the authentication's), registered on import
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
@@ -18,7 +21,7 @@ router.register("interventions", views.InterventionViewSet, basename="interventi
 router.register("unknown-cards", views.UnknownCardViewSet, basename="unknowncard")
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("schema/", SpectacularAPIView.as_view(urlconf=API_URLCONF), name="api-schema"),
     path(
         "docs/",
         SpectacularSwaggerSplitView.as_view(url_name="api-schema", template_name="api/swagger_ui.html"),

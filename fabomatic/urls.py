@@ -44,7 +44,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # Prometheus: to this machine's own clients or a bearer token only (README "Metrics, Grafana and alerts").
     # The REST API: bearer tokens made in the portal (README "REST API"), its schema and docs.
-    path("api/v1/", include("api.urls")),
     path("metrics", metrics_view, name="fabomatic_metrics"),
     # The lab's kiosk screens: no login, a secret address (machines/kiosk.py).
     path("kiosk/<str:secret>/", kiosk_page, name="kiosk"),

@@ -7,6 +7,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from auditlog.models import LogEntry
@@ -431,7 +432,15 @@ def test_only_portal_administrators_manage_tokens(lab: Lab, trainer: Member, adm
 
 
 def test_the_schema_validates_without_a_warning(tmp_path) -> None:
-    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
+    call_command(
+        "spectacular",
+        "--validate",
+        "--fail-on-warn",
+        "--urlconf",
+        "api.root_urls",
+        "--file",
+        str(tmp_path / "schema.yaml"),
+    )
     text = (tmp_path / "schema.yaml").read_text()
     assert "/api/v1/uses/" in text and "bearer" in text
 
@@ -467,6 +476,34 @@ def test_the_bridge_loads_none_of_the_api() -> None:
     env["DJANGO_SETTINGS_MODULE"] = "fabomatic.settings"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_portal_loads_the_api_only_for_api_requests(tmp_path: Path) -> None:
+    """A portal process carries Django REST framework (about 20 MB) only once a request under /api/ came
+    (api/routing.py): the admin's pages, which reverse every portal URL, do not load it."""
+    import os
+    import subprocess
+    import sys
+
+    from .services import ROOT
+
+    code = (
+        "import sys, django; django.setup()\n"
+        "from django.test import Client; c = Client(secure=True)\n"
+        "api = lambda: sorted(set(sys.modules) & {'rest_framework.views', 'drf_spectacular.openapi'})\n"
+        "c.get('/admin/login/'); print(api())\n"
+        "c.get('/api/v1/machines/'); print(api())\n"
+    )
+    env = {**os.environ, "SECRET_KEY": "x", "FABOMATIC_ENV_FILE": "/nonexistent", "FABOMATIC_DATA_DIR": str(tmp_path)}
+    env.pop("FABOMATIC_PROCESS", None)
+    env["DJANGO_SETTINGS_MODULE"] = "fabomatic.settings"
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    env["ALLOWED_HOSTS"] = "testserver"
+    # In its own process: migrate runs the system checks, and drf-spectacular's generate the schema.
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["[]", "['drf_spectacular.openapi', 'rest_framework.views']"], out.stdout
 
 
 def test_a_card_is_registered_as_the_portal_registers_it(lab: Lab, admin_member: Member) -> None:
