@@ -95,7 +95,9 @@ INSTALLED_APPS = [
     "integrations",
     "fabomatic",
     # The REST API (api/, README "REST API"): the portal's process only, the bridge's list below has none of it.
-    "rest_framework",
+    # Not "rest_framework": the template engine imports every installed app's template tags at start, and DRF's pull
+    # in 20 MB (requests, pygments…) for a browsable API this project does not serve (JSON only); the API's URLs load
+    # DRF when an API request comes (api/routing.py).
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "api",
