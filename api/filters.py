@@ -17,6 +17,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 
 from machines import safety
+from machines.filters import few, flagged_uses, open_uses
 from machines.models import MaintenancePlan, Use
 
 MAX_ID = 2**63 - 1
@@ -78,21 +79,6 @@ def apply_filters(request: Request, queryset: QuerySet, filters: tuple[Filter, .
     if errors:
         raise ValidationError(errors)
     return queryset
-
-
-def open_uses() -> QuerySet[Use]:
-    return Use.objects.filter(ended_at__isnull=True)  # the partial index one_open_use_per_machine
-
-
-def flagged_uses() -> QuerySet[Use]:
-    return Use.objects.exclude(flag=Use.Flag.NONE)  # the partial index use_flagged
-
-
-def few(rows: Callable[[], QuerySet[Use]]) -> Q:
-    """Uses among a few rows that a partial index holds (the open ones, the flagged ones), as ``id IN (…)``: read
-    from that index and sorted, instead of walking the whole history's time index to find them (SQLite chose the
-    walk: 357 ms for the open uses of tests/test_api_live.py's 1,000,000 uses, against 10 ms for any other page)."""
-    return Q(pk__in=rows().order_by().values("pk"))
 
 
 MACHINE = by_id("machine", "machine_id", "Only this machine (its board id).")

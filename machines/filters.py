@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
@@ -69,6 +70,22 @@ class MemberFilter(SelectFilter):
         return [(str(m.pk), str(m)) for m in members.only("pk", "first_name", "last_name", "email")]
 
 
+def open_uses() -> QuerySet[Use]:
+    return Use.objects.filter(ended_at__isnull=True)  # the partial index one_open_use_per_machine
+
+
+def flagged_uses() -> QuerySet[Use]:
+    return Use.objects.exclude(flag=Use.Flag.NONE)  # the partial index use_flagged
+
+
+def few(rows: Callable[[], QuerySet[Use]]) -> Q:
+    """Uses among a few rows that a partial index holds (the open ones, the flagged ones), as ``id IN (…)``: read
+    from that index and sorted, instead of walking the whole history's time index to find them (SQLite chose the
+    walk: 357 ms for the open uses of tests/test_api_live.py's 1,000,000 uses, against 10 ms for any other page).
+    The portal's uses list and the API share them."""
+    return Q(pk__in=rows().order_by().values("pk"))
+
+
 class UseStatusFilter(admin.SimpleListFilter):
     title = gettext_lazy("status")
     parameter_name = "open"
@@ -78,11 +95,11 @@ class UseStatusFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Use]) -> QuerySet[Use]:
         if self.value() == "yes":
-            return queryset.filter(ended_at__isnull=True)
+            return queryset.filter(few(open_uses))
         if self.value() == "no":
             return queryset.filter(ended_at__isnull=False)
         if self.value() == "flagged":
-            return queryset.exclude(flag=Use.Flag.NONE)
+            return queryset.filter(few(flagged_uses))
         return queryset
 
 
