@@ -157,3 +157,22 @@ def screenshot(page: Page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
+
+
+def allow_async_unsafe() -> str | None:
+    """Turn off Django's async-safety check for a module whose browser tests share one server (Playwright's sync API
+    runs an event loop in the test's thread, where the tests still query the database); returns what it was, for
+    :func:`restore_async_unsafe`."""
+    before = os.environ.get(ASYNC_UNSAFE)
+    os.environ[ASYNC_UNSAFE] = "true"
+    return before
+
+
+def restore_async_unsafe(before: str | None) -> None:
+    if before is None:
+        os.environ.pop(ASYNC_UNSAFE, None)
+    else:
+        os.environ[ASYNC_UNSAFE] = before

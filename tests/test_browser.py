@@ -30,7 +30,7 @@ from machines.models import Authorization, Machine, MachineType, MaintenancePlan
 from members.models import Card, Member, Role, UnknownCard
 
 from .boards import SimBoard
-from .browser import bridge, chromium, daphne, log_in, screenshot, server_env
+from .browser import allow_async_unsafe, bridge, chromium, daphne, log_in, restore_async_unsafe, screenshot, server_env
 from .services import ROOT
 
 pytestmark = pytest.mark.browser
@@ -84,8 +84,7 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
 @pytest.fixture(scope="module")
 def world(django_db_setup, django_db_blocker, redis, broker) -> Iterator[World]:
     # Playwright's sync API runs an event loop in this thread, which Django's ORM would take for async code.
-    allow_async = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    allow_async = allow_async_unsafe()
     with django_db_blocker.unblock():
         data = _lab()
         env = server_env(connection.settings_dict["NAME"], redis_url=redis.url, broker_url=broker.url)
@@ -101,10 +100,7 @@ def world(django_db_setup, django_db_blocker, redis, broker) -> Iterator[World]:
     finally:
         with django_db_blocker.unblock():
             call_command("flush", interactive=False, verbosity=0)
-        if allow_async is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = allow_async
+        restore_async_unsafe(allow_async)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ A failing check keeps a screenshot in var/test-artifacts/screenshots/ (``faults-
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from playwright.sync_api import Browser, BrowserContext, Page
 from machines.models import FaultReport, Machine, MachineCheck, MachineType, Refusal, Use
 from members.models import Member, Role
 
-from .browser import chromium, daphne, log_in, screenshot, server_env
+from .browser import allow_async_unsafe, chromium, daphne, log_in, restore_async_unsafe, screenshot, server_env
 from .test_portal_look import _english_on, _fits
 
 pytestmark = pytest.mark.browser
@@ -44,8 +43,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(django_db_setup, django_db_blocker) -> Iterator[World]:
-    allow_async = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    allow_async = allow_async_unsafe()
     with django_db_blocker.unblock():
         admins, _ = Role.objects.get_or_create(name="ADMIN", defaults={"authorize_all": True, "maintenance": True})
         kind = MachineType.objects.create(name="Lasers", check_after_use=True)
@@ -63,10 +61,7 @@ def world(django_db_setup, django_db_blocker) -> Iterator[World]:
     finally:
         with django_db_blocker.unblock():
             call_command("flush", interactive=False, verbosity=0)
-        if allow_async is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = allow_async
+        restore_async_unsafe(allow_async)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ without a reload (the page polls its status endpoint every 2 s). Screenshots in 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from members.models import Member, Role
 from telemetry import rollout
 from telemetry.models import Board, FirmwareImage, HeapSample, OtaPush, Rollout
 
-from .browser import chromium, daphne, log_in, screenshot, server_env
+from .browser import allow_async_unsafe, chromium, daphne, log_in, restore_async_unsafe, screenshot, server_env
 from .test_portal_look import _english_on, _fits
 
 pytestmark = pytest.mark.browser
@@ -78,8 +77,7 @@ def _lab() -> Rollout:
 
 @pytest.fixture(scope="module")
 def world(django_db_setup, django_db_blocker) -> Iterator[World]:
-    allow_async = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    allow_async = allow_async_unsafe()
     with django_db_blocker.unblock():
         r = _lab()
         env = server_env(connection.settings_dict["NAME"], redis_url="")
@@ -96,10 +94,7 @@ def world(django_db_setup, django_db_blocker) -> Iterator[World]:
     finally:
         with django_db_blocker.unblock():
             call_command("flush", interactive=False, verbosity=0)
-        if allow_async is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = allow_async
+        restore_async_unsafe(allow_async)
 
 
 @pytest.fixture(autouse=True)

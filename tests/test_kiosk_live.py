@@ -31,7 +31,7 @@ from machines.models import (
 from members.models import Card, Member, Role
 
 from .boards import SimBoard
-from .browser import bridge, chromium, daphne, log_in, screenshot, server_env
+from .browser import allow_async_unsafe, bridge, chromium, daphne, log_in, restore_async_unsafe, screenshot, server_env
 from .test_portal_look import _english_on
 
 pytestmark = pytest.mark.browser
@@ -76,8 +76,7 @@ def _lab() -> None:
 
 @pytest.fixture(scope="module")
 def world(django_db_setup, django_db_blocker, redis, broker) -> Iterator[World]:
-    allow_async = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    allow_async = allow_async_unsafe()
     with django_db_blocker.unblock():
         _lab()
         env = server_env(connection.settings_dict["NAME"], redis_url=redis.url, broker_url=broker.url)
@@ -90,10 +89,7 @@ def world(django_db_setup, django_db_blocker, redis, broker) -> Iterator[World]:
     finally:
         with django_db_blocker.unblock():
             call_command("flush", interactive=False, verbosity=0)
-        if allow_async is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = allow_async
+        restore_async_unsafe(allow_async)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ theirs too, for a person to look at.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from machines.models import Authorization, Intervention, Machine, MachineType, M
 from members.models import Card, Member, Role, UnknownCard
 from telemetry.models import Board
 
-from .browser import chromium, daphne, log_in, screenshot, server_env
+from .browser import allow_async_unsafe, chromium, daphne, log_in, restore_async_unsafe, screenshot, server_env
 from .services import ROOT
 from .test_i18n import read_po
 
@@ -86,8 +85,7 @@ def _lab() -> dict:
 
 @pytest.fixture(scope="module")
 def world(django_db_setup, django_db_blocker) -> Iterator[World]:
-    allow_async = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    allow_async = allow_async_unsafe()
     with django_db_blocker.unblock():
         data = _lab()
         env = server_env(connection.settings_dict["NAME"], redis_url="")
@@ -102,10 +100,7 @@ def world(django_db_setup, django_db_blocker) -> Iterator[World]:
     finally:
         with django_db_blocker.unblock():
             call_command("flush", interactive=False, verbosity=0)
-        if allow_async is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = allow_async
+        restore_async_unsafe(allow_async)
 
 
 @pytest.fixture(autouse=True)
