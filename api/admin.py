@@ -22,9 +22,8 @@ from django.utils.translation import gettext_lazy, gettext_noop
 
 from fabomatic.admin import short_datetime
 from fabomatic.http import AuthenticatedHttpRequest, acting_member
-from machines.confirm import confirm_page, confirmed
+from machines.confirm import confirm_page, confirmed, log_action
 from machines.kiosk_admin import may_manage  # portal administrators, as for kiosk screens
-from operations import audit
 from operations.audited import AuditedAdmin
 
 from . import tokens
@@ -131,8 +130,7 @@ class ApiTokenAdmin(AuditedAdmin, admin.ModelAdmin):
             )
         if tokens.revoke(token):
             message = gettext_noop("API token revoked.")
-            self.log_change(request, token, audit.history_message(message))
-            audit.record(token, message=message, changes={"revoked_at": [None, str(token.revoked_at)]})
+            log_action(self, request, token, message, changes={"revoked_at": [None, str(token.revoked_at)]})
             self.message_user(request, _("The API token “%(name)s” is revoked.") % {"name": token.name})
         else:
             self.message_user(request, _("This API token is revoked: it stays so."), messages.WARNING)

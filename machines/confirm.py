@@ -64,7 +64,7 @@ def confirm_page(
     return TemplateResponse(request, "admin/fabomatic/confirm_action.html", context)
 
 
-def _log(
+def log_action(
     model_admin: admin.ModelAdmin,
     request: HttpRequest,
     obj: Any,
@@ -127,7 +127,7 @@ def end_uses(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: Quer
             continue
         if closed_here:
             changes = {"ended_at": [None, str(use.ended_at)], "duration": [None, str(use.duration)]}
-            _log(
+            log_action(
                 model_admin,
                 request,
                 use,
@@ -138,8 +138,8 @@ def end_uses(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: Quer
             ended += 1
         else:
             text = gettext_noop("Remote stop sent to end this use of %(member)s.")
-            _log(model_admin, request, use, text, {"member": use.member})
-            _log(model_admin, request, use.machine, text, {"member": use.member})
+            log_action(model_admin, request, use, text, {"member": use.member})
+            log_action(model_admin, request, use.machine, text, {"member": use.member})
             stopping += 1
     if ended:
         model_admin.message_user(
@@ -205,13 +205,13 @@ def remote_command(
         model_admin.message_user(request, str(exc), messages.ERROR)
         return HttpResponseRedirect(_machine_url(machine))
     if action == "start":
-        _log(
+        log_action(
             model_admin, request, machine, gettext_noop("Remote start with the card of %(member)s."), {"member": staff}
         )
         text = _("Start sent to %(machine)s: the board logs you in as if you swiped your card.")
     else:
         if current is not None:
-            _log(
+            log_action(
                 model_admin,
                 request,
                 machine,
@@ -219,7 +219,7 @@ def remote_command(
                 {"member": current.member},
             )
         else:
-            _log(model_admin, request, machine, gettext_noop("Remote stop: nobody was on record on it."))
+            log_action(model_admin, request, machine, gettext_noop("Remote stop: nobody was on record on it."))
         text = _("Stop sent to %(machine)s: the board logs its user out.")
     model_admin.message_user(request, text % {"machine": machine}, messages.SUCCESS)
     return HttpResponseRedirect(_machine_url(machine))
@@ -268,8 +268,10 @@ def record_maintenance(
             )
             params = {"plan": intervention.plan.description, "note": note}
             if intervention.pk is not None:  # bulk_create returns the keys on SQLite and PostgreSQL
-                _log(model_admin, request, intervention, message, params, created=True, changes={"note": [None, note]})
-            _log(model_admin, request, intervention.machine, message, params)
+                log_action(
+                    model_admin, request, intervention, message, params, created=True, changes={"note": [None, note]}
+                )
+            log_action(model_admin, request, intervention.machine, message, params)
         done += len(recorded)
     model_admin.message_user(
         request,

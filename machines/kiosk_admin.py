@@ -21,11 +21,10 @@ from django.utils.translation import gettext_lazy, gettext_noop
 
 from fabomatic.admin import short_datetime
 from fabomatic.http import AuthenticatedHttpRequest, acting_member
-from operations import audit
 from operations.audited import AuditedAdmin
 
 from . import kiosk
-from .confirm import confirm_page, confirmed
+from .confirm import confirm_page, confirmed, log_action
 from .models import KioskScreen
 from .safety import is_portal_admin
 
@@ -148,8 +147,7 @@ class KioskScreenAdmin(AuditedAdmin, admin.ModelAdmin):
 
     def _log(self, request: HttpRequest, screen: KioskScreen, message: str, changes: dict[str, list[Any]]) -> None:
         """History and audit trail; ``message`` a msgid (``gettext_noop``), shown in the reader's language."""
-        self.log_change(request, screen, audit.history_message(message))
-        audit.record(screen, message=message, changes=changes)
+        log_action(self, request, screen, message, changes=changes)
 
     def revoke(self, request: HttpRequest, screen: KioskScreen, back: str) -> HttpResponse:
         if not confirmed(request):
